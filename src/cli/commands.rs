@@ -1,0 +1,287 @@
+//! The long-running commands and the small operational ones.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::SandboxCmd;
+use crate::config::{QueueBackend, Role, Settings};
+use crate::store::Store;
+use crate::worker::Worker;
+use crate::{http, queue, store};
+
+/// A watch channel that turns true on SIGTERM or SIGINT.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => info!("SIGINT received"),
+                _ = term.recv() => info!("SIGTERM received"),
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+async fn wait_true(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|v| *v).await;
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    store::open(settings.store.url.expose(), settings.store.max_connections)
+        .await
+        .context("opening the state store (store.url)")
+}
+
+pub async fn receive(settings: Settings) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Receive)?;
+    if settings.queue.backend == QueueBackend::Memory {
+        warn!("queue.backend = \"memory\": events received here are not seen by separate `work` processes (use `run` or rabbitmq)");
+    }
+    let queue = queue::connect(&settings.queue)
+        .await
+        .context("connecting to the broker (queue.url)")?;
+    let state = http::AppState::new(&settings, queue, None)?;
+    let listener = TcpListener::bind(&settings.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
+    info!(listen = %settings.server.listen, "receiver listening on POST /webhooks/skillsync");
+    http::serve(listener, http::router(state), wait_true(shutdown_signal())).await?;
+    info!("receiver stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Work)?;
+    let store = open_store(&settings).await?;
+    let queue = queue::connect(&settings.queue)
+        .await
+        .context("connecting to the broker (queue.url)")?;
+    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
+    let shutdown = shutdown_signal();
+    if !settings.worker.listen.is_empty() {
+        let listener = TcpListener::bind(&settings.worker.listen)
+            .await
+            .with_context(|| format!("binding worker.listen {}", settings.worker.listen))?;
+        info!(listen = %settings.worker.listen, "worker serving /healthz /readyz /metrics");
+        let ops = http::ops_router(queue.clone(), Some(store.clone()));
+        tokio::spawn(http::serve(listener, ops, wait_true(shutdown.clone())));
+    }
+    let worker = Arc::new(Worker::new(engine, queue, settings.worker.clone()));
+    worker.run(shutdown).await?;
+    info!("worker stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn run_all(settings: Settings) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Run)?;
+    let store = open_store(&settings).await?;
+    let queue = queue::connect(&settings.queue)
+        .await
+        .context("connecting to the broker (queue.url)")?;
+    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
+    let shutdown = shutdown_signal();
+    let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
+    let worker_task = tokio::spawn(worker.run(shutdown.clone()));
+    let state = http::AppState::new(&settings, queue, Some(store))?;
+    let listener = TcpListener::bind(&settings.server.listen)
+        .await
+        .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
+    info!(listen = %settings.server.listen, "receiver + workers running");
+    http::serve(listener, http::router(state), wait_true(shutdown)).await?;
+    worker_task.await??;
+    info!("stopped");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn learner_status(
+    settings: Settings,
+    id: &str,
+    json: bool,
+    limit: u32,
+) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Status)?;
+    let store = open_store(&settings).await?;
+    let state = store.learner(id).await?;
+    let history = store.history(id, limit).await?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(
+                &serde_json::json!({ "learner": state, "events": history })
+            )?
+        );
+        return Ok(if state.is_none() && history.is_empty() {
+            ExitCode::from(3)
+        } else {
+            ExitCode::SUCCESS
+        });
+    }
+    match &state {
+        None => println!("learner {id}: never synced (no state)"),
+        Some(s) => {
+            println!("learner     {}", s.learner_id);
+            println!("link        {}", s.link.as_str());
+            println!("contact     {}", s.contact_id.as_deref().unwrap_or("-"));
+            println!("account     {}", s.account_id.as_deref().unwrap_or("-"));
+            println!("last        {}", s.last_outcome.as_deref().unwrap_or("-"));
+            if let Some(e) = &s.last_error {
+                println!("last error  {e}");
+            }
+            println!("updated     {}", s.updated_at.to_rfc3339());
+        }
+    }
+    if history.is_empty() {
+        println!("no events recorded");
+    } else {
+        println!(
+            "\n{:<24} {:<22} {:<26} {:<8} {:<20} detail",
+            "recorded", "event", "type", "class", "code"
+        );
+        for r in &history {
+            println!(
+                "{:<24} {:<22} {:<26} {:<8} {:<20} {}",
+                r.recorded_at.format("%Y-%m-%dT%H:%M:%S%.3fZ"),
+                r.event_id,
+                r.event_type,
+                r.class.as_str(),
+                r.code,
+                r.detail
+            );
+        }
+    }
+    Ok(if state.is_none() && history.is_empty() {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn backfill(
+    settings: Settings,
+    dry_run: bool,
+    restart: bool,
+) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Backfill)?;
+    let store = open_store(&settings).await?;
+    let summary =
+        crate::sync::backfill::run_from_settings(&settings, store, dry_run, restart).await?;
+    println!("{summary}");
+    Ok(if summary.failed() > 0 {
+        ExitCode::from(2)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub async fn config_check(
+    settings: Settings,
+    role: Role,
+    offline: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut ok = true;
+    match settings.validate_for(role) {
+        Ok(()) => println!(
+            "✓ configuration is valid for `{}`",
+            format!("{role:?}").to_lowercase()
+        ),
+        Err(e) => {
+            ok = false;
+            println!("✗ {e}");
+        }
+    }
+    if offline || !ok {
+        return Ok(if ok {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        });
+    }
+    let receives = matches!(role, Role::Receive | Role::Run);
+    let works = matches!(role, Role::Work | Role::Run);
+    let mut report = |good: bool, what: String| {
+        ok &= good;
+        println!("{} {what}", if good { "✓" } else { "✗" });
+    };
+    match queue::connect(&settings.queue).await {
+        Ok(q) => match q.ping().await {
+            Ok(()) => report(
+                true,
+                format!("broker reachable ({:?})", settings.queue.backend),
+            ),
+            Err(e) => report(false, format!("broker: {e}")),
+        },
+        Err(e) => report(false, format!("broker: {e}")),
+    }
+    if works {
+        match store::SqlStore::connect(settings.store.url.expose(), 1).await {
+            Ok(s) => match s.ping().await {
+                Ok(()) => report(true, format!("store reachable ({})", s.backend())),
+                Err(e) => report(false, format!("store: {e}")),
+            },
+            Err(e) => report(false, format!("store: {e}")),
+        }
+        match crate::salesforce::Client::new(&settings.salesforce) {
+            Ok(sf) => match sf
+                .check_schema(&settings.sync.link_field, &settings.sync.match_field)
+                .await
+            {
+                Ok(problems) if problems.is_empty() => {
+                    report(true, "Salesforce: authenticated; Contact and custom objects have the configured fields".into())
+                }
+                Ok(problems) => {
+                    for p in problems {
+                        report(false, format!("Salesforce: {p}"));
+                    }
+                }
+                Err(e) => report(false, format!("Salesforce: {e}")),
+            },
+            Err(e) => report(false, format!("Salesforce: {e}")),
+        }
+        // R2: the source department must exist in SkillSync before sync can be enabled.
+        match crate::worker::validate_source(&settings).await {
+            Ok(dept) => report(
+                true,
+                format!(
+                    "SkillSync: source department {} ({}) validated (R2)",
+                    dept.id, dept.name
+                ),
+            ),
+            Err(e) => report(false, format!("SkillSync: {e}")),
+        }
+    }
+    let _ = receives;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+pub async fn sandbox(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
+    let (name, addr) = match &cmd {
+        SandboxCmd::Salesforce { listen } => ("Salesforce", listen.parse()?),
+        SandboxCmd::Skillsync { listen } => ("SkillSync", listen.parse()?),
+    };
+    let (bound, handle) = match cmd {
+        SandboxCmd::Salesforce { .. } => crate::sandbox::salesforce::Org::new().serve(addr).await?,
+        SandboxCmd::Skillsync { .. } => crate::sandbox::skillsync::Lms::new().serve(addr).await?,
+    };
+    println!("{name} sandbox on http://{bound} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
+    wait_true(shutdown_signal()).await;
+    handle.abort();
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,319 @@
+//! The `syncback` command line (SPEC §1, §6): `receive`, `work`, `run`, `dlq …`,
+//! `learner status`, `backfill`, `config check`, `demo`, `sandbox …`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::config::{LogFormat, Role, Settings};
+
+mod commands;
+pub mod demo;
+mod dlq;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "syncback",
+    version,
+    about = "Keeps Salesforce Contacts in step with SkillSync Learners"
+)]
+pub struct Cli {
+    /// TOML configuration file; every key can be overridden as SYNCBACK_SECTION__KEY.
+    #[arg(
+        long,
+        short,
+        global = true,
+        env = "SYNCBACK_CONFIG",
+        default_value = "syncback.toml"
+    )]
+    pub config: PathBuf,
+    /// Log format (overrides `log.format`).
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum LogFormatArg {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook receiver (server, webhooks, queue).
+    Receive,
+    /// Run a worker process (queue, store, salesforce, skillsync, sync, worker).
+    Work,
+    /// Receiver and workers in one process.
+    Run,
+    /// Inspect and replay the dead-letter queue.
+    Dlq {
+        #[command(subcommand)]
+        cmd: DlqCmd,
+    },
+    /// Per-learner state.
+    Learner {
+        #[command(subcommand)]
+        cmd: LearnerCmd,
+    },
+    /// Sync every in-scope learner in batches (for turning the sync on for an existing department).
+    Backfill {
+        /// Print the plan without writing to Salesforce.
+        #[arg(long)]
+        dry_run: bool,
+        /// Ignore the saved checkpoint and start from the beginning.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Configuration tools.
+    Config {
+        #[command(subcommand)]
+        cmd: ConfigCmd,
+    },
+    /// The whole flow in one process with no outside services (in-memory queue, SQLite,
+    /// built-in Salesforce and SkillSync sandboxes), walking through every rule.
+    Demo(demo::DemoArgs),
+    /// Serve a built-in sandbox over HTTP (for manual testing).
+    Sandbox {
+        #[command(subcommand)]
+        cmd: SandboxCmd,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCmd {
+    /// List dead letters (queue order; nothing is removed).
+    List(DlqListArgs),
+    /// Show one dead letter in full.
+    Show {
+        /// The event (webhook) id.
+        id: String,
+    },
+    /// Put dead letters back on the work queue (attempts reset).
+    Replay(DlqReplayArgs),
+    /// Delete dead letters.
+    Purge(DlqPurgeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DlqListArgs {
+    /// Only this reason kind (e.g. account_not_found).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only this event type (e.g. learner.updated).
+    #[arg(long = "type")]
+    pub event_type: Option<String>,
+    /// JSON lines instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all", "reason"])))]
+pub struct DlqReplayArgs {
+    #[arg(long)]
+    pub id: Option<String>,
+    #[arg(long)]
+    pub all: bool,
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Show what would be replayed.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct DlqPurgeArgs {
+    /// Do not ask for confirmation.
+    #[arg(long)]
+    pub yes: bool,
+    #[arg(long)]
+    pub reason: Option<String>,
+    #[arg(long)]
+    pub id: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LearnerCmd {
+    /// The learner's link, Contact, and last events with their outcomes.
+    Status {
+        id: String,
+        #[arg(long)]
+        json: bool,
+        /// How many recent events to show.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCmd {
+    /// Validate the configuration; also checks the broker, store, Salesforce and the source
+    /// department in SkillSync (R2) unless --offline.
+    Check {
+        /// Which process the configuration is for.
+        #[arg(long, value_enum, default_value_t = RoleArg::Run)]
+        role: RoleArg,
+        /// Static checks only.
+        #[arg(long)]
+        offline: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum RoleArg {
+    Receive,
+    Work,
+    Run,
+}
+
+impl From<RoleArg> for Role {
+    fn from(r: RoleArg) -> Self {
+        match r {
+            RoleArg::Receive => Role::Receive,
+            RoleArg::Work => Role::Work,
+            RoleArg::Run => Role::Run,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SandboxCmd {
+    /// Serve the Salesforce sandbox (credentials sandbox-client / sandbox-secret).
+    Salesforce {
+        #[arg(long, default_value = "127.0.0.1:8081")]
+        listen: String,
+    },
+    /// Serve the SkillSync sandbox (credentials sandbox-client / sandbox-secret).
+    Skillsync {
+        #[arg(long, default_value = "127.0.0.1:8082")]
+        listen: String,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Load settings for a command (the file is optional: defaults + environment suffice).
+fn load(cli: &Cli) -> anyhow::Result<Settings> {
+    let explicit = std::env::args()
+        .any(|a| a == "--config" || a == "-c" || a.starts_with("--config="))
+        || std::env::var_os("SYNCBACK_CONFIG").is_some();
+    let mut s = Settings::load(&cli.config, explicit)?;
+    if let Some(f) = cli.log_format {
+        s.log.format = match f {
+            LogFormatArg::Text => LogFormat::Text,
+            LogFormatArg::Json => LogFormat::Json,
+        };
+    }
+    Ok(s)
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // The demo brings its own configuration.
+    if let Command::Demo(args) = &cli.command {
+        let mut log = crate::config::LogSettings::default();
+        if matches!(cli.log_format, Some(LogFormatArg::Json)) {
+            log.format = LogFormat::Json;
+        }
+        log.level = args.log_level.clone();
+        crate::telemetry::init_logging(&log);
+        return demo::run(args).await.map(|_| ExitCode::SUCCESS);
+    }
+    let settings = load(&cli)?;
+    crate::telemetry::init_logging(&settings.log);
+    match cli.command {
+        Command::Receive => commands::receive(settings).await,
+        Command::Work => commands::work(settings).await,
+        Command::Run => commands::run_all(settings).await,
+        Command::Dlq { cmd } => dlq::run(settings, cmd).await,
+        Command::Learner {
+            cmd: LearnerCmd::Status { id, json, limit },
+        } => commands::learner_status(settings, &id, json, limit).await,
+        Command::Backfill { dry_run, restart } => {
+            commands::backfill(settings, dry_run, restart).await
+        }
+        Command::Config {
+            cmd: ConfigCmd::Check { role, offline },
+        } => commands::config_check(settings, role.into(), offline).await,
+        Command::Sandbox { cmd } => commands::sandbox(cmd).await,
+        Command::Demo(_) => unreachable!("handled above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_shape_is_valid() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn spec_subcommands_parse() {
+        for args in [
+            vec!["syncback", "receive"],
+            vec!["syncback", "work"],
+            vec!["syncback", "run"],
+            vec![
+                "syncback",
+                "dlq",
+                "list",
+                "--reason",
+                "account_not_found",
+                "--json",
+            ],
+            vec!["syncback", "dlq", "show", "evt_1"],
+            vec!["syncback", "dlq", "replay", "--all", "--dry-run"],
+            vec!["syncback", "dlq", "replay", "--reason", "account_not_found"],
+            vec!["syncback", "dlq", "purge", "--yes"],
+            vec!["syncback", "learner", "status", "L1"],
+            vec!["syncback", "backfill", "--dry-run"],
+            vec!["syncback", "config", "check"],
+            vec![
+                "syncback",
+                "--config",
+                "x.toml",
+                "config",
+                "check",
+                "--offline",
+            ],
+            vec!["syncback", "demo"],
+            vec![
+                "syncback",
+                "sandbox",
+                "salesforce",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+        ] {
+            Cli::try_parse_from(&args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        }
+        // replay needs a selector.
+        assert!(Cli::try_parse_from(["syncback", "dlq", "replay"]).is_err());
+    }
+}

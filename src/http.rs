@@ -1,0 +1,317 @@
+//! The receiver (SPEC §2, §7): `POST /webhooks/skillsync`, `/healthz`, `/readyz`, `/metrics`.
+//!
+//! A webhook is checked in this order, each failure answering with one JSON shape
+//! `{"error": <code>, "message": <text>, "violations": [...]}`:
+//! body size (`413`) → signature (`401`) → JSON (`400`) → schema (`422`) →
+//! publish with publisher confirm (`202`, or `503` if the broker is unavailable).
+//! Nothing is ever answered `2xx` before the broker confirmed the message.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::Utc;
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Serialize;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::config::Settings;
+use crate::queue::{Message, Queue};
+use crate::store::Store;
+use crate::telemetry;
+use crate::webhook::schema::{SchemaValidator, Violation};
+use crate::webhook::signature::{SignatureError, Verifier};
+
+/// Shared state of the receiver.
+#[derive(Clone)]
+pub struct AppState {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    verifier: Verifier,
+    schema: SchemaValidator,
+    max_body_bytes: usize,
+    ops: Arc<Ops>,
+}
+
+/// What `/readyz` and `/metrics` look at (every process role serves these).
+struct Ops {
+    queue: Arc<dyn Queue>,
+    store: Option<Arc<dyn Store>>,
+    metrics: PrometheusHandle,
+}
+
+impl AppState {
+    /// `store` is checked by `/readyz` when this process also runs workers.
+    pub fn new(
+        settings: &Settings,
+        queue: Arc<dyn Queue>,
+        store: Option<Arc<dyn Store>>,
+    ) -> anyhow::Result<Self> {
+        let secrets: Vec<&str> = settings
+            .webhooks
+            .secrets
+            .iter()
+            .map(|s| s.expose())
+            .collect();
+        anyhow::ensure!(!secrets.is_empty(), "webhooks.secrets is empty");
+        let verifier = Verifier::new(&secrets, settings.webhooks.tolerance_secs)
+            .map_err(|e| anyhow::anyhow!("webhooks.secrets: {e}"))?;
+        let schema = SchemaValidator::new().map_err(|e| anyhow::anyhow!("schemas: {e}"))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                verifier,
+                schema,
+                max_body_bytes: settings.webhooks.max_body_bytes,
+                ops: Arc::new(Ops {
+                    queue,
+                    store,
+                    metrics: telemetry::metrics_handle(),
+                }),
+            }),
+        })
+    }
+}
+
+/// The stable error body.
+#[derive(Debug, Serialize)]
+pub struct ErrorBody {
+    pub error: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub violations: Vec<Violation>,
+}
+
+fn reject(status: StatusCode, error: &'static str, message: impl Into<String>) -> Response {
+    reject_with(status, error, message, Vec::new())
+}
+
+fn reject_with(
+    status: StatusCode,
+    error: &'static str,
+    message: impl Into<String>,
+    violations: Vec<Violation>,
+) -> Response {
+    metrics::counter!(telemetry::REJECTED, "reason" => error).increment(1);
+    let body = ErrorBody {
+        error,
+        message: message.into(),
+        violations,
+    };
+    warn!(status = status.as_u16(), error, message = %body.message, "webhook rejected");
+    (status, Json(body)).into_response()
+}
+
+/// The receiver: the webhook endpoint plus the ops endpoints.
+pub fn router(state: AppState) -> Router {
+    let ops = state.inner.ops.clone();
+    Router::new()
+        .route("/webhooks/skillsync", post(receive_webhook))
+        // The webhook handler enforces `webhooks.max_body_bytes` itself (JSON 413).
+        .layer(DefaultBodyLimit::disable())
+        .with_state(state)
+        .merge(ops_routes(ops))
+}
+
+/// `/healthz`, `/readyz` (broker, and store when given) and `/metrics`, for processes
+/// without the webhook endpoint (`syncback work` with `worker.listen`).
+pub fn ops_router(queue: Arc<dyn Queue>, store: Option<Arc<dyn Store>>) -> Router {
+    ops_routes(Arc::new(Ops {
+        queue,
+        store,
+        metrics: telemetry::metrics_handle(),
+    }))
+}
+
+fn ops_routes(ops: Arc<Ops>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .with_state(ops)
+}
+
+/// Serve until `shutdown` resolves, then finish in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+async fn receive_webhook(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let started = Instant::now();
+    let s = &state.inner;
+
+    // 413: read at most max_body_bytes (a lying or absent Content-Length does not help).
+    let too_large = || {
+        reject(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "body exceeds {} bytes (webhooks.max_body_bytes)",
+                s.max_body_bytes
+            ),
+        )
+    };
+    if let Some(len) = header(&headers, "content-length").and_then(|l| l.parse::<usize>().ok()) {
+        if len > s.max_body_bytes {
+            return too_large();
+        }
+    }
+    let raw = match axum::body::to_bytes(body, s.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => return too_large(),
+    };
+
+    // 401: Standard Webhooks signature over the raw body, before anything is parsed.
+    let id = header(&headers, "webhook-id");
+    if let Err(e) = s.verifier.verify(
+        id,
+        header(&headers, "webhook-timestamp"),
+        header(&headers, "webhook-signature"),
+        &raw,
+        Utc::now().timestamp(),
+    ) {
+        let code = match e {
+            SignatureError::Stale(..) => "stale_timestamp",
+            SignatureError::MissingHeader(_) => "missing_signature",
+            _ => "bad_signature",
+        };
+        return reject(StatusCode::UNAUTHORIZED, code, e.to_string());
+    }
+    let id = id.unwrap_or_default().to_string();
+
+    // 400: JSON at all, and an object.
+    let envelope: Value = match serde_json::from_slice(&raw) {
+        Ok(v @ Value::Object(_)) => v,
+        Ok(_) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "not_json",
+                "body must be a JSON object (the event envelope)",
+            )
+        }
+        Err(e) => {
+            return reject(
+                StatusCode::BAD_REQUEST,
+                "not_json",
+                format!("body is not JSON: {e}"),
+            )
+        }
+    };
+
+    // 422: schema, then the envelope id must be the signed webhook-id.
+    if let Err(violations) = s.schema.validate(&envelope) {
+        let n = violations.len();
+        return reject_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema",
+            format!("envelope violates the schema ({n} violation(s))"),
+            violations,
+        );
+    }
+    if envelope.get("id").and_then(Value::as_str) != Some(id.as_str()) {
+        return reject_with(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "schema",
+            "envelope id differs from the webhook-id header",
+            vec![Violation {
+                path: "/id".into(),
+                message: format!("must equal the webhook-id header {id:?}"),
+            }],
+        );
+    }
+    let event_type = envelope
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+
+    // 202 only after the publisher confirm; 503 tells SkillSync to retry later.
+    let msg = Message {
+        webhook_id: id.clone(),
+        received_at: Utc::now(),
+        envelope,
+    };
+    match s.ops.queue.publish(&msg).await {
+        Ok(()) => {
+            metrics::counter!(telemetry::RECEIVED, "type" => event_type.clone()).increment(1);
+            metrics::histogram!(telemetry::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
+            info!(event_id = %id, event_type = %event_type, "webhook accepted");
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({"status": "accepted", "id": id})),
+            )
+                .into_response()
+        }
+        Err(e) => reject(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            format!("event not queued, retry later: {e}"),
+        ),
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(json!({"status": "ok"}))
+}
+
+/// Ready when the broker (and the store, in processes that have one) answer.
+async fn readyz(State(s): State<Arc<Ops>>) -> Response {
+    let broker = match s.queue.ping().await {
+        Ok(()) => "ok".to_string(),
+        Err(e) => e.to_string(),
+    };
+    let store = match &s.store {
+        None => None,
+        Some(st) => Some(match st.ping().await {
+            Ok(()) => "ok".to_string(),
+            Err(e) => e.to_string(),
+        }),
+    };
+    let ready = broker == "ok" && store.as_deref().is_none_or(|s| s == "ok");
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    let mut body = json!({"status": if ready { "ready" } else { "not_ready" }, "broker": broker});
+    if let Some(store) = store {
+        body["store"] = json!(store);
+    }
+    (status, Json(body)).into_response()
+}
+
+/// Prometheus text format; queue depths are sampled at scrape time.
+async fn metrics_text(State(ops): State<Arc<Ops>>) -> Response {
+    if let Ok(d) = ops.queue.depths().await {
+        metrics::gauge!(telemetry::QUEUE_DEPTH, "queue" => "main").set(d.main as f64);
+        metrics::gauge!(telemetry::QUEUE_DEPTH, "queue" => "retry").set(d.retrying as f64);
+        metrics::gauge!(telemetry::QUEUE_DEPTH, "queue" => "dead").set(d.dead as f64);
+    }
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        ops.metrics.render(),
+    )
+        .into_response()
+}

@@ -1,0 +1,221 @@
+//! SOQL building with every literal escaped (SPEC §4).
+//!
+//! Values only ever enter a query through [`quote`] (or the helpers built on it); field
+//! and object names only through [`name`], which accepts API names and nothing else.
+//! [`Lexer`] reads SOQL back; the sandbox's query engine and the round-trip tests use it.
+
+/// Escape `s` as a single-quoted SOQL string literal.
+///
+/// Salesforce's escape sequences: `\'`, `\"`, `\\`, `\n`, `\r`, `\t`, `\b`, `\f`.
+pub fn quote(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('\'');
+    for c in s.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\'' => out.push_str("\\'"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c => out.push(c),
+        }
+    }
+    out.push('\'');
+    out
+}
+
+/// A literal for `LIKE`: like [`quote`], with the wildcards `%` and `_` escaped too, so
+/// the value matches only itself.
+pub fn like_literal(s: &str) -> String {
+    let q = quote(s);
+    let mut out = String::with_capacity(q.len());
+    for c in q.chars() {
+        match c {
+            '%' => out.push_str("\\%"),
+            '_' => out.push_str("\\_"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Is `s` a Salesforce API name (`Email`, `SkillSync_User_Id__c`)?
+pub fn is_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    chars.next().is_some_and(|c| c.is_ascii_alphabetic())
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.len() <= 80
+}
+
+/// A field or object name, checked (panics on anything else: names come from validated
+/// configuration and code, never from event data).
+pub fn name(s: &str) -> &str {
+    assert!(is_name(s), "not a Salesforce API name: {s:?}");
+    s
+}
+
+/// `Field = 'value'`.
+pub fn eq(field: &str, value: &str) -> String {
+    format!("{} = {}", name(field), quote(value))
+}
+
+/// `Field IN ('a', 'b')`; an empty list gives a condition that matches nothing.
+pub fn in_list(field: &str, values: &[impl AsRef<str>]) -> String {
+    if values.is_empty() {
+        return "Id = null".to_string();
+    }
+    let list: Vec<String> = values.iter().map(|v| quote(v.as_ref())).collect();
+    format!("{} IN ({})", name(field), list.join(", "))
+}
+
+/// One SOQL token.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Token {
+    /// Identifier or keyword (as written).
+    Word(String),
+    /// A string literal, unescaped.
+    Str(String),
+    Number(f64),
+    /// `(`, `)`, `,`, `=`, `!=`, `<`, `<=`, `>`, `>=`, `*`.
+    Punct(&'static str),
+}
+
+/// A SOQL lexer (the subset the sandbox understands).
+pub struct Lexer<'a> {
+    s: &'a str,
+    pos: usize,
+}
+
+impl<'a> Lexer<'a> {
+    pub fn new(s: &'a str) -> Self {
+        Lexer { s, pos: 0 }
+    }
+
+    /// Every token, or an error message naming the position.
+    pub fn tokens(mut self) -> Result<Vec<Token>, String> {
+        let mut out = Vec::new();
+        while let Some(t) = self.next_token()? {
+            out.push(t);
+        }
+        Ok(out)
+    }
+
+    fn next_token(&mut self) -> Result<Option<Token>, String> {
+        let rest = &self.s[self.pos..];
+        let trimmed = rest.trim_start();
+        self.pos += rest.len() - trimmed.len();
+        let mut chars = trimmed.chars();
+        let Some(c) = chars.next() else {
+            return Ok(None);
+        };
+        if c == '\'' {
+            return self.string().map(Some);
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let len = trimmed
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_' || c == '.'))
+                .unwrap_or(trimmed.len());
+            self.pos += len;
+            return Ok(Some(Token::Word(trimmed[..len].to_string())));
+        }
+        if c.is_ascii_digit() || (c == '-' && chars.next().is_some_and(|d| d.is_ascii_digit())) {
+            let len = trimmed[1..]
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .map(|i| i + 1)
+                .unwrap_or(trimmed.len());
+            let n = trimmed[..len]
+                .parse()
+                .map_err(|_| format!("bad number at {}", self.pos))?;
+            self.pos += len;
+            return Ok(Some(Token::Number(n)));
+        }
+        for p in ["!=", "<=", ">=", "(", ")", ",", "=", "<", ">", "*"] {
+            if trimmed.starts_with(p) {
+                self.pos += p.len();
+                return Ok(Some(Token::Punct(p)));
+            }
+        }
+        Err(format!("unexpected character {c:?} at {}", self.pos))
+    }
+
+    fn string(&mut self) -> Result<Token, String> {
+        let start = self.pos;
+        let mut out = String::new();
+        let mut chars = self.s[self.pos + 1..].char_indices();
+        while let Some((i, c)) = chars.next() {
+            match c {
+                '\'' => {
+                    self.pos += 1 + i + 1;
+                    return Ok(Token::Str(out));
+                }
+                '\\' => {
+                    let Some((_, e)) = chars.next() else { break };
+                    out.push(match e {
+                        'n' => '\n',
+                        'r' => '\r',
+                        't' => '\t',
+                        'b' => '\u{8}',
+                        'f' => '\u{c}',
+                        '\\' | '\'' | '"' | '%' | '_' => e,
+                        other => return Err(format!("invalid escape \\{other} at {}", start + i)),
+                    });
+                }
+                c => out.push(c),
+            }
+        }
+        Err(format!("unterminated string literal starting at {start}"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn hostile_values_stay_inside_their_literal() {
+        let q = format!(
+            "SELECT Id FROM Contact WHERE {}",
+            eq("Email", "x' OR Email != '")
+        );
+        assert_eq!(
+            q,
+            r"SELECT Id FROM Contact WHERE Email = 'x\' OR Email != \''"
+        );
+        let toks = Lexer::new(&q).tokens().unwrap();
+        assert_eq!(toks.len(), 8, "{toks:?}");
+        assert_eq!(toks[7], Token::Str("x' OR Email != '".into()));
+        assert_eq!(quote("a\\'b\nc"), r"'a\\\'b\nc'");
+        assert_eq!(like_literal("50%_off"), r"'50\%\_off'");
+        assert_eq!(in_list("Name", &["a", "b'c"]), r"Name IN ('a', 'b\'c')");
+        assert_eq!(in_list("Name", &Vec::<String>::new()), "Id = null");
+    }
+
+    #[test]
+    #[should_panic(expected = "not a Salesforce API name")]
+    fn names_are_never_interpolated_unchecked() {
+        eq("Email OR Id != null", "x");
+    }
+
+    proptest! {
+        #[test]
+        fn any_string_round_trips_as_exactly_one_literal(s in any::<String>()) {
+            let toks = Lexer::new(&quote(&s)).tokens().unwrap();
+            prop_assert_eq!(toks, vec![Token::Str(s.clone())]);
+            // …also in context, followed by more SOQL.
+            let q = format!("{} AND Id = null", eq("Email", &s));
+            let toks = Lexer::new(&q).tokens().unwrap();
+            prop_assert_eq!(&toks[2], &Token::Str(s));
+            prop_assert_eq!(toks.len(), 7);
+        }
+
+        #[test]
+        fn like_literals_round_trip(s in "[a-z%_' \\\\]{0,20}") {
+            let toks = Lexer::new(&like_literal(&s)).tokens().unwrap();
+            prop_assert_eq!(toks, vec![Token::Str(s)]);
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! State store (SPEC §3 R8–R12, issue: sync engine).
+//!
+//! One trait, [`Store`], implemented by [`sql::SqlStore`] over `sqlx`'s `Any` driver for
+//! both PostgreSQL (production) and SQLite (embedded default), each with its own
+//! migrations under `migrations/postgres` and `migrations/sqlite`.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::model::EntityKind;
+
+pub mod sql;
+
+pub use sql::{open, SqlStore};
+
+/// Whether a learner is currently linked to a Contact (R8/R9).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// `Contact.SkillSync_User_Id__c` carries the learner id.
+    Linked,
+    /// Link removed on deactivation (R9); `contact_id` remembers the Contact.
+    Deactivated,
+    /// Link removed because the learner left the scope (R3); `contact_id` remembers it.
+    OutOfScope,
+    /// Never linked (e.g. seen only out of scope, or its first sync failed).
+    Unlinked,
+}
+
+impl LinkState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Linked => "linked",
+            LinkState::Deactivated => "deactivated",
+            LinkState::OutOfScope => "out_of_scope",
+            LinkState::Unlinked => "unlinked",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        [
+            LinkState::Linked,
+            LinkState::Deactivated,
+            LinkState::OutOfScope,
+            LinkState::Unlinked,
+        ]
+        .into_iter()
+        .find(|l| l.as_str() == s)
+    }
+}
+
+/// What the store knows of one learner.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LearnerState {
+    pub learner_id: String,
+    /// The linked Contact, or the remembered one while unlinked (R9).
+    pub contact_id: Option<String>,
+    pub link: LinkState,
+    /// The Account the Contact was last put in (R7).
+    pub account_id: Option<String>,
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Final outcome class of one event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutcomeClass {
+    Applied,
+    Skipped,
+    Failed,
+}
+
+impl OutcomeClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            OutcomeClass::Applied => "applied",
+            OutcomeClass::Skipped => "skipped",
+            OutcomeClass::Failed => "failed",
+        }
+    }
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "applied" => Some(Self::Applied),
+            "skipped" => Some(Self::Skipped),
+            "failed" => Some(Self::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// One recorded event outcome (history for `syncback learner status`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub event_id: String,
+    pub event_type: String,
+    pub learner_id: String,
+    pub occurred_at: DateTime<Utc>,
+    pub class: OutcomeClass,
+    /// Machine-readable code: `created`, `linked`, `updated`, `unlinked`, `stale`,
+    /// `duplicate`, `out_of_scope`, `sync_disabled`, `account_not_found`, …
+    pub code: String,
+    pub detail: String,
+    pub recorded_at: DateTime<Utc>,
+}
+
+/// Last applied event of an entity (R12): ordered by (occurred_at, event_id).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntityVersion {
+    pub occurred_at: DateTime<Utc>,
+    pub event_id: String,
+}
+
+/// Everything one processed event changes, committed atomically.
+#[derive(Clone, Debug)]
+pub struct Commit {
+    pub record: EventRecord,
+    /// Mark the event id processed (duplicate detection). False for failures, so a
+    /// replay from the DLQ is applied again.
+    pub mark_processed: bool,
+    /// Advance the entity's version (only if newer than the stored one).
+    pub entity: Option<(EntityKind, String, EntityVersion)>,
+    /// New learner state to upsert.
+    pub learner: Option<LearnerState>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Connection problems, timeouts, serialization/lock conflicts: retry.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Unavailable(_))
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Run migrations (idempotent).
+    async fn migrate(&self) -> Result<(), StoreError>;
+    /// Reachability (`/readyz`).
+    async fn ping(&self) -> Result<(), StoreError>;
+
+    /// Take or renew the lease `key` for `holder` if free, expired, or already ours.
+    async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
+    /// Release the lease if `holder` still has it.
+    async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError>;
+
+    async fn learner(&self, learner_id: &str) -> Result<Option<LearnerState>, StoreError>;
+    /// Many learners at once (backfill); missing ones are absent from the result.
+    async fn learners(&self, learner_ids: &[String]) -> Result<Vec<LearnerState>, StoreError>;
+    async fn put_learner(&self, state: &LearnerState) -> Result<(), StoreError>;
+    /// Every learner state (status listings, demo table), ordered by learner id.
+    async fn all_learners(&self, limit: u32) -> Result<Vec<LearnerState>, StoreError>;
+
+    async fn is_processed(&self, event_id: &str) -> Result<bool, StoreError>;
+    async fn entity_version(
+        &self,
+        kind: EntityKind,
+        entity_id: &str,
+    ) -> Result<Option<EntityVersion>, StoreError>;
+    /// Apply a [`Commit`] in one transaction.
+    async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+    /// Newest first.
+    async fn history(&self, learner_id: &str, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
+    /// Forget processed ids recorded before `before`; returns how many.
+    async fn prune_processed(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError>;
+    async fn set_checkpoint(&self, name: &str, value: Option<&str>) -> Result<(), StoreError>;
+}

@@ -1,0 +1,73 @@
+//! Logs (`tracing`) and Prometheus metrics (`metrics` + `metrics-exporter-prometheus`), SPEC §7.
+//!
+//! Metric names live here so the code, the Grafana dashboard and the docs agree.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+use crate::config::{LogFormat, LogSettings};
+
+/// Webhooks accepted (202), label `type`.
+pub const RECEIVED: &str = "syncback_webhooks_received_total";
+/// Webhooks rejected, label `reason` (`bad_signature`, `stale`, `not_json`, `schema`, `too_large`, `broker_unavailable`).
+pub const REJECTED: &str = "syncback_webhooks_rejected_total";
+/// Seconds from receipt to publisher confirm.
+pub const PUBLISH_SECONDS: &str = "syncback_publish_seconds";
+/// Events settled by workers, labels `type`, `outcome` (`applied`/`skipped`/`failed`/`retried`/`dead_lettered`), `code`.
+pub const EVENTS: &str = "syncback_events_total";
+/// Seconds from webhook receipt to settlement (queue lag + processing), label `type`.
+pub const EVENT_LAG_SECONDS: &str = "syncback_event_lag_seconds";
+/// Seconds spent applying one event, label `type`.
+pub const PROCESSING_SECONDS: &str = "syncback_processing_seconds";
+/// Transient failures retried, label `stage` (`inprocess`/`delayed`).
+pub const RETRIES: &str = "syncback_retries_total";
+/// Salesforce API calls, labels `endpoint`, `status`.
+pub const SF_CALLS: &str = "syncback_salesforce_calls_total";
+/// Last `Sforce-Limit-Info` api-usage (used and max).
+pub const SF_API_USAGE: &str = "syncback_salesforce_api_usage";
+pub const SF_API_LIMIT: &str = "syncback_salesforce_api_limit";
+/// SkillSync API calls, labels `endpoint`, `status`.
+pub const SS_CALLS: &str = "syncback_skillsync_calls_total";
+/// Queue depths, label `queue` (`main`/`retry`/`dead`).
+pub const QUEUE_DEPTH: &str = "syncback_queue_depth";
+
+static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Install the global Prometheus recorder once; later calls return the same handle.
+pub fn metrics_handle() -> PrometheusHandle {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets(&[
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    10.0, 30.0, 60.0, 300.0,
+                ])
+                .expect("static buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (tests); ours still renders.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// Initialise `tracing` (text or JSON lines). `RUST_LOG` overrides `log.level`.
+pub fn init_logging(settings: &LogSettings) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},lapin=warn,sqlx=warn", settings.level)));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match settings.format {
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+}

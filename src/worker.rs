@@ -1,0 +1,289 @@
+//! The worker pool (`syncback work`): consumes the queue with manual acks and applies each
+//! event through the [`Engine`]. A delivery is settled only after its outcome is committed
+//! to the store: ack (applied/skipped), dead-letter (permanent failure, or attempts
+//! exhausted), or delayed retry (transient failure after in-process retries) — R13.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use backoff::backoff::Backoff;
+use backoff::ExponentialBackoffBuilder;
+use chrono::Utc;
+use tokio::sync::{watch, Semaphore};
+use tracing::{error, info, info_span, warn, Instrument};
+
+use crate::config::WorkerSettings;
+use crate::model::Envelope;
+use crate::queue::{Delivery, Failure, Queue};
+use crate::store::OutcomeClass;
+use crate::sync::{Engine, Outcome, SyncError};
+use crate::telemetry;
+
+/// How one delivery was settled (returned for tests and metrics).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Settled {
+    Acked(Outcome),
+    DeadLettered(Failure),
+    RetryLater(Failure),
+}
+
+pub struct Worker {
+    engine: Arc<Engine>,
+    queue: Arc<dyn Queue>,
+    settings: WorkerSettings,
+    /// Base delay of the delayed requeue; doubles with each attempt (with jitter).
+    retry_base: Duration,
+}
+
+impl Worker {
+    pub fn new(engine: Arc<Engine>, queue: Arc<dyn Queue>, settings: WorkerSettings) -> Self {
+        Self {
+            engine,
+            queue,
+            settings,
+            retry_base: Duration::from_secs(1),
+        }
+    }
+
+    /// Consume until `shutdown` turns true, then stop consuming, finish in-flight events
+    /// (up to `shutdown_grace_secs`) and return.
+    pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+        let concurrency = self.settings.concurrency.max(1);
+        // Prefetch sized from concurrency: enough to keep every task busy, no hoarding.
+        let prefetch = (concurrency * 2).min(u16::MAX as usize) as u16;
+        let mut sub = self.queue.subscribe(prefetch).await?;
+        let permits = Arc::new(Semaphore::new(concurrency));
+        info!(concurrency, prefetch, "worker consuming");
+        loop {
+            let permit = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let next = tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => break,
+                n = sub.next() => n,
+            };
+            match next {
+                None => {
+                    warn!("subscription closed");
+                    break;
+                }
+                Some(Err(e)) => {
+                    warn!(error = %e, "queue error; the subscription reconnects");
+                    drop(permit);
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Some(Ok(delivery)) => {
+                    let me = self.clone();
+                    tokio::spawn(async move {
+                        me.process(delivery).await;
+                        drop(permit);
+                    });
+                }
+            }
+        }
+        info!("stopping: no new deliveries; finishing in-flight events");
+        if let Err(e) = sub.cancel().await {
+            warn!(error = %e, "cancel subscription");
+        }
+        let grace = Duration::from_secs(self.settings.shutdown_grace_secs);
+        let all = permits.acquire_many(concurrency as u32);
+        match tokio::time::timeout(grace, all).await {
+            Ok(_) => info!("all in-flight events settled"),
+            Err(_) => warn!(
+                "shutdown grace of {grace:?} elapsed; unsettled deliveries will be redelivered"
+            ),
+        }
+        Ok(())
+    }
+
+    /// Apply one delivery and settle it. Never panics on bad input.
+    pub async fn process(&self, delivery: Box<dyn Delivery>) -> Option<Settled> {
+        let msg = delivery.message().clone();
+        let meta = delivery.meta().clone();
+        let event_type = msg.event_type().unwrap_or("unknown").to_string();
+        let span = info_span!("event", event_id = %msg.webhook_id, event_type = %event_type, learner_id = tracing::field::Empty, attempt = meta.attempts + 1);
+        async move {
+            let started = Instant::now();
+            let env: Envelope = match serde_json::from_value(msg.envelope.clone()) {
+                Ok(e) => e,
+                Err(e) => {
+                    let f = Failure {
+                        kind: "bad_event".into(),
+                        message: format!("envelope does not deserialize: {e}"),
+                        learner_id: None,
+                    };
+                    return self.settle_dead(delivery, f, &event_type).await;
+                }
+            };
+            if let Some(l) = env.learner_id() {
+                tracing::Span::current().record("learner_id", l);
+            }
+            let result = self.apply_with_retries(&env).await;
+            metrics::histogram!(telemetry::PROCESSING_SECONDS, "type" => event_type.clone())
+                .record(started.elapsed().as_secs_f64());
+            let lag = (Utc::now() - msg.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::histogram!(telemetry::EVENT_LAG_SECONDS, "type" => event_type.clone()).record(lag);
+            match result {
+                Ok(outcome) if outcome.class == OutcomeClass::Failed => {
+                    warn!(code = %outcome.code, detail = %outcome.detail, "event failed permanently; to the dead-letter queue");
+                    let f = Failure {
+                        kind: outcome.code.clone(),
+                        message: outcome.detail.clone(),
+                        learner_id: Some(outcome.learner_id.clone()),
+                    };
+                    self.settle_dead(delivery, f, &event_type).await
+                }
+                Ok(outcome) => {
+                    info!(outcome = outcome.class.as_str(), code = %outcome.code, detail = %outcome.detail, "event settled");
+                    metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => outcome.class.as_str(), "code" => outcome.code.clone()).increment(1);
+                    match delivery.ack().await {
+                        Ok(()) => Some(Settled::Acked(outcome)),
+                        Err(e) => {
+                            // Committed but not acked: the redelivery is a duplicate and is skipped (R12).
+                            warn!(error = %e, "ack failed; the broker will redeliver (skipped as duplicate)");
+                            None
+                        }
+                    }
+                }
+                Err(SyncError::BadEvent(m)) => {
+                    let f = Failure {
+                        kind: "bad_event".into(),
+                        message: m,
+                        learner_id: env.learner_id().map(String::from),
+                    };
+                    self.settle_dead(delivery, f, &event_type).await
+                }
+                Err(e) => {
+                    let attempts = meta.attempts + 1;
+                    let f = Failure {
+                        kind: e.kind().to_string(),
+                        message: e.to_string(),
+                        learner_id: env.learner_id().map(String::from),
+                    };
+                    if attempts >= self.settings.max_attempts {
+                        warn!(attempts, error = %e, "attempts exhausted; to the dead-letter queue");
+                        let f = Failure {
+                            kind: "max_attempts".into(),
+                            message: format!("{attempts} attempts; last error: {e}"),
+                            ..f
+                        };
+                        return self.settle_dead(delivery, f, &event_type).await;
+                    }
+                    let delay = self.retry_delay(meta.attempts);
+                    warn!(attempts, ?delay, error = %e, "transient failure; delayed retry");
+                    metrics::counter!(telemetry::RETRIES, "stage" => "delayed").increment(1);
+                    metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => "retried", "code" => e.kind()).increment(1);
+                    match delivery.retry_later(delay, &f).await {
+                        Ok(()) => Some(Settled::RetryLater(f)),
+                        Err(qe) => {
+                            error!(error = %qe, "could not requeue for retry; the broker will redeliver");
+                            None
+                        }
+                    }
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// R13: transient failures retry in-process with exponential backoff and jitter, a
+    /// bounded number of times.
+    async fn apply_with_retries(&self, env: &Envelope) -> Result<Outcome, SyncError> {
+        let mut backoff = ExponentialBackoffBuilder::new()
+            .with_initial_interval(Duration::from_millis(100))
+            .with_multiplier(2.0)
+            .with_randomization_factor(0.5)
+            .with_max_interval(Duration::from_secs(2))
+            .with_max_elapsed_time(None)
+            .build();
+        let mut tries = 0;
+        loop {
+            match self.engine.handle(env).await {
+                Err(e) if e.is_transient() && tries < self.settings.inprocess_retries => {
+                    tries += 1;
+                    metrics::counter!(telemetry::RETRIES, "stage" => "inprocess").increment(1);
+                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(2));
+                    tracing::debug!(tries, ?wait, error = %e, "retrying in-process");
+                    tokio::time::sleep(wait).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Delay before the next delayed retry: base × 2^attempts with ±25 % jitter.
+    fn retry_delay(&self, attempts: u32) -> Duration {
+        let exp = self.retry_base.saturating_mul(1u32 << attempts.min(10));
+        let jitter = 0.75 + rand::random::<f64>() * 0.5;
+        exp.mul_f64(jitter)
+    }
+
+    async fn settle_dead(
+        &self,
+        delivery: Box<dyn Delivery>,
+        f: Failure,
+        event_type: &str,
+    ) -> Option<Settled> {
+        metrics::counter!(telemetry::EVENTS, "type" => event_type.to_string(), "outcome" => "dead_lettered", "code" => f.kind.clone()).increment(1);
+        match delivery.dead_letter(&f).await {
+            Ok(()) => Some(Settled::DeadLettered(f)),
+            Err(e) => {
+                error!(error = %e, "could not dead-letter; the broker will redeliver");
+                None
+            }
+        }
+    }
+}
+
+/// The R2 check: the source department exists in SkillSync (`GET /api/v1/departments/{id}` → 200).
+pub async fn validate_source(
+    settings: &crate::config::Settings,
+) -> Result<crate::model::Department, crate::skillsync::scope::SourceCheckError> {
+    let ss = crate::skillsync::Client::new(&settings.skillsync)
+        .map_err(|e| crate::skillsync::scope::SourceCheckError::Other(e.to_string()))?;
+    let scope = crate::skillsync::scope::ScopeResolver::new(
+        Arc::new(ss),
+        &settings.sync.source_department_id,
+        settings.sync.scope,
+        Duration::from_secs(settings.skillsync.department_cache_ttl_secs),
+    );
+    scope.validate_source().await
+}
+
+/// Build the engine from configuration: Salesforce and SkillSync clients, the scope
+/// resolver, the store. With sync enabled, refuses an unknown or unvalidated source
+/// department (R2).
+pub async fn engine_from_settings(
+    settings: &crate::config::Settings,
+    store: Arc<dyn crate::store::Store>,
+) -> anyhow::Result<Arc<Engine>> {
+    use anyhow::Context;
+    let sf = crate::salesforce::Client::new(&settings.salesforce).context("Salesforce client")?;
+    let ss =
+        Arc::new(crate::skillsync::Client::new(&settings.skillsync).context("SkillSync client")?);
+    let scope = Arc::new(crate::skillsync::scope::ScopeResolver::new(
+        ss.clone(),
+        &settings.sync.source_department_id,
+        settings.sync.scope,
+        Duration::from_secs(settings.skillsync.department_cache_ttl_secs),
+    ));
+    if settings.sync.enabled {
+        let dept = scope.validate_source().await.map_err(|e| {
+            anyhow::anyhow!("refusing to start: sync.source_department_id is not valid (R2): {e}")
+        })?;
+        info!(department = %dept.id, name = %dept.name, scope = ?settings.sync.scope, "source department validated (R2)");
+    } else {
+        warn!("sync.enabled = false: events are recorded as skipped, nothing is written to Salesforce (R1)");
+    }
+    Ok(Arc::new(Engine::new(
+        settings.sync.clone(),
+        Arc::new(sf),
+        ss,
+        scope,
+        store,
+        Duration::from_secs(settings.salesforce.account_cache_ttl_secs),
+        Duration::from_secs(settings.worker.lease_ttl_secs),
+    )))
+}

@@ -1,0 +1,292 @@
+//! `deploy/` cannot be run here (no container engine), so these tests parse every file
+//! and check that names, ports, env keys and metric names agree with the code.
+
+use std::path::Path;
+
+use clap::Parser;
+use serde_json::Value;
+use syncback::config::{QueueSettings, Role, Settings};
+use syncback::queue::rabbitmq::Topology;
+
+fn read(rel: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
+        .unwrap_or_else(|e| panic!("{rel}: {e}"))
+}
+
+fn yaml_docs(rel: &str) -> Vec<Value> {
+    use serde::Deserialize;
+    serde_yaml::Deserializer::from_str(&read(rel))
+        .map(|d| {
+            let v = serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            serde_json::to_value(v).unwrap()
+        })
+        .collect()
+}
+
+/// `SYNCBACK_SECTION__KEY` must name a real configuration key.
+fn assert_config_env_key(key: &str) {
+    let path = key
+        .strip_prefix("SYNCBACK_")
+        .unwrap_or_else(|| panic!("{key} is not a SYNCBACK_ key"));
+    let (section, field) = path
+        .split_once("__")
+        .unwrap_or_else(|| panic!("{key}: no __"));
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    assert!(
+        defaults[section.to_lowercase()]
+            .get(field.to_lowercase())
+            .is_some(),
+        "{key} does not name a configuration key"
+    );
+}
+
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn env_overrides_parse(pairs: &[(String, String)]) {
+    figment::Jail::expect_with(|jail| {
+        for (k, v) in pairs {
+            jail.set_env(k, v);
+        }
+        Settings::load(Path::new("/nonexistent/syncback.toml"), false)
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    });
+}
+
+#[test]
+fn rabbitmq_definitions_match_the_declared_topology() {
+    let defs: Value = serde_json::from_str(&read("deploy/rabbitmq/definitions.json")).unwrap();
+    let t = Topology::new(&QueueSettings::default());
+    let queue = |name: &str| -> Value {
+        defs["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|q| q["name"] == name)
+            .unwrap_or_else(|| panic!("queue {name} missing from definitions.json"))
+            .clone()
+    };
+    let events = queue(&t.events);
+    assert_eq!(events["arguments"]["x-queue-type"], "quorum");
+    assert_eq!(events["arguments"]["x-delivery-limit"], t.delivery_limit);
+    assert_eq!(
+        events["arguments"]["x-dead-letter-exchange"],
+        t.dead_exchange.as_str()
+    );
+    assert_eq!(
+        events["arguments"]["x-dead-letter-strategy"],
+        "at-least-once"
+    );
+    assert_eq!(events["arguments"]["x-overflow"], "reject-publish");
+    for (delay, name) in &t.retries {
+        let q = queue(name);
+        assert_eq!(q["arguments"]["x-message-ttl"], delay * 1000, "{name}");
+        assert_eq!(
+            q["arguments"]["x-dead-letter-exchange"],
+            t.work_exchange.as_str()
+        );
+    }
+    queue(&t.dlq);
+    assert_eq!(
+        defs["queues"].as_array().unwrap().len(),
+        t.retries.len() + 2
+    );
+    let bindings = defs["bindings"].as_array().unwrap();
+    assert!(bindings
+        .iter()
+        .any(|b| b["source"] == t.work_exchange.as_str() && b["destination"] == t.events.as_str()));
+    assert!(bindings
+        .iter()
+        .any(|b| b["source"] == t.dead_exchange.as_str() && b["destination"] == t.dlq.as_str()));
+}
+
+#[test]
+fn example_config_is_complete_and_valid() {
+    let s = Settings::from_toml(&read("deploy/syncback.example.toml"))
+        .expect("parses with deny_unknown_fields");
+    s.validate_for(Role::Run).expect("valid for `run`");
+    assert_eq!(s.queue.prefix, "syncback");
+}
+
+#[test]
+fn compose_services_ports_and_env_agree_with_the_code() {
+    let docs = yaml_docs("deploy/docker-compose.yml");
+    let c = &docs[0];
+    let services = c["services"].as_object().unwrap();
+    for name in ["rabbitmq", "postgres", "receiver", "worker"] {
+        assert!(services.contains_key(name), "service {name}");
+    }
+    assert!(c["services"]["rabbitmq"]["image"]
+        .as_str()
+        .unwrap()
+        .contains("management"));
+    assert_eq!(c["services"]["receiver"]["command"][0], "receive");
+    assert_eq!(c["services"]["worker"]["command"][0], "work");
+    assert!(c["services"]["receiver"]["ports"][0]
+        .as_str()
+        .unwrap()
+        .ends_with(":8080"));
+    for svc in ["receiver", "worker"] {
+        let env = c["services"][svc]["environment"].as_object().unwrap();
+        let mut pairs = Vec::new();
+        for (k, v) in env {
+            if k == "<<" {
+                continue;
+            }
+            assert_config_env_key(k);
+            let v = v
+                .as_str()
+                .unwrap()
+                .replace("${SALESFORCE_CLIENT_SECRET:-set-me}", "x")
+                .replace("${SKILLSYNC_CLIENT_SECRET:-set-me}", "x");
+            pairs.push((k.clone(), v));
+        }
+        env_overrides_parse(&pairs);
+        let listen = env
+            .get("SYNCBACK_SERVER__LISTEN")
+            .or_else(|| c["services"]["receiver"]["environment"].get("SYNCBACK_SERVER__LISTEN"))
+            .unwrap();
+        assert!(listen.as_str().unwrap().ends_with(":8080"));
+    }
+    // The Dockerfile builds the binary the services run, with the port they expose.
+    let dockerfile = read("deploy/Dockerfile");
+    assert!(dockerfile.contains("cargo build --release --locked --bin syncback"));
+    assert!(dockerfile.contains("EXPOSE 8080"));
+    assert!(
+        dockerfile.contains("FROM rust:") && dockerfile.matches("FROM ").count() >= 2,
+        "multi-stage"
+    );
+}
+
+#[test]
+fn kubernetes_manifests_agree_with_config_cli_and_probes() {
+    let docs = yaml_docs("deploy/k8s/syncback.yaml");
+    fn of_kind<'a>(docs: &'a [Value], k: &'a str) -> impl Iterator<Item = &'a Value> {
+        docs.iter().filter(move |d| d["kind"] == k)
+    }
+    let kind = |k: &'static str| of_kind(&docs, k);
+    let cm = kind("ConfigMap").next().unwrap();
+    let settings =
+        Settings::from_toml(cm["data"]["syncback.toml"].as_str().unwrap()).expect("ConfigMap TOML");
+    let port: u16 = settings
+        .server
+        .listen
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let secret = kind("Secret").next().unwrap();
+    let mut pairs = Vec::new();
+    for (k, v) in secret["stringData"].as_object().unwrap() {
+        assert_config_env_key(k);
+        pairs.push((k.clone(), v.as_str().unwrap().to_string()));
+    }
+    env_overrides_parse(&pairs);
+    let deployments: Vec<_> = kind("Deployment").collect();
+    assert_eq!(deployments.len(), 2);
+    for d in deployments {
+        let c = &d["spec"]["template"]["spec"]["containers"][0];
+        assert_eq!(c["ports"][0]["containerPort"], port);
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        let args: Vec<String> = c["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect();
+        let cli = syncback::cli::Cli::try_parse_from(
+            std::iter::once("syncback".to_string()).chain(args.clone()),
+        )
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+        let expected = if d["metadata"]["name"] == "syncback-worker" {
+            "Work"
+        } else {
+            "Receive"
+        };
+        assert_eq!(format!("{:?}", cli.command), expected);
+        assert_eq!(
+            c["envFrom"][0]["secretRef"]["name"],
+            secret["metadata"]["name"]
+        );
+        for e in c["env"].as_array().into_iter().flatten() {
+            let key = e["name"].as_str().unwrap();
+            assert_config_env_key(key);
+            if key == "SYNCBACK_WORKER__LISTEN" {
+                assert!(e["value"].as_str().unwrap().ends_with(&format!(":{port}")));
+            }
+        }
+    }
+    let svc = kind("Service").next().unwrap();
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "http");
+}
+
+#[test]
+fn keda_scales_the_worker_deployment_on_the_events_queue() {
+    let docs = yaml_docs("deploy/k8s/keda-scaledobject.yaml");
+    let so = docs.iter().find(|d| d["kind"] == "ScaledObject").unwrap();
+    assert_eq!(so["spec"]["scaleTargetRef"]["name"], "syncback-worker");
+    let trig = &so["spec"]["triggers"][0];
+    assert_eq!(trig["type"], "rabbitmq");
+    assert_eq!(
+        trig["metadata"]["queueName"],
+        Topology::new(&QueueSettings::default()).events.as_str()
+    );
+    let auth = docs
+        .iter()
+        .find(|d| d["kind"] == "TriggerAuthentication")
+        .unwrap();
+    assert_eq!(trig["authenticationRef"]["name"], auth["metadata"]["name"]);
+    assert_config_env_key(auth["spec"]["secretTargetRef"][0]["key"].as_str().unwrap());
+}
+
+#[test]
+fn grafana_dashboard_charts_every_metric_the_code_exports() {
+    use syncback::telemetry::*;
+    let dash: Value =
+        serde_json::from_str(&read("deploy/grafana/syncback-dashboard.json")).unwrap();
+    let exprs: Vec<String> = dash["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| {
+            p["targets"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["expr"].as_str().unwrap().to_string())
+        })
+        .collect();
+    let all = [
+        RECEIVED,
+        REJECTED,
+        PUBLISH_SECONDS,
+        EVENTS,
+        EVENT_LAG_SECONDS,
+        PROCESSING_SECONDS,
+        RETRIES,
+        SF_CALLS,
+        SF_API_USAGE,
+        SF_API_LIMIT,
+        SS_CALLS,
+        QUEUE_DEPTH,
+    ];
+    for m in all {
+        assert!(exprs.iter().any(|e| e.contains(m)), "no panel for {m}");
+    }
+    // And no panel queries a metric that does not exist.
+    for e in &exprs {
+        for word in e.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("syncback_") {
+                let base = word
+                    .trim_end_matches("_bucket")
+                    .trim_end_matches("_sum")
+                    .trim_end_matches("_count");
+                assert!(
+                    all.contains(&base),
+                    "dashboard queries unknown metric {word}"
+                );
+            }
+        }
+    }
+}
