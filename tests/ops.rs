@@ -210,6 +210,8 @@ async fn three_workers_share_the_load_and_sigkill_loses_nothing() {
         &db,
     );
     s.worker.concurrency = 4;
+    // A SIGKILLed worker's leases block its learners until they expire.
+    s.worker.lease_ttl_secs = 5;
     let store = syncback::store::open(&db, 4).await.unwrap();
     let queue = syncback::queue::connect(&s.queue).await.unwrap();
     w.org.set_latency(Duration::from_millis(15));

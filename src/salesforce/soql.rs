@@ -50,11 +50,37 @@ pub fn is_name(s: &str) -> bool {
         && s.len() <= 80
 }
 
-/// A field or object name, checked (panics on anything else: names come from validated
-/// configuration and code, never from event data).
+/// A field or sObject name that is not a Salesforce API name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("not a Salesforce API name: {0:?}")]
+pub struct BadName(pub String);
+
+/// A field or sObject API name, checked: `[A-Za-z][A-Za-z0-9_]*` (at most 80 chars).
+/// Names are never interpolated into SOQL unchecked.
+pub fn field(s: &str) -> Result<&str, BadName> {
+    if is_name(s) {
+        Ok(s)
+    } else {
+        Err(BadName(s.to_string()))
+    }
+}
+
+/// [`field`] for names that come from validated configuration or code, never from event
+/// data: panics on anything else (a programming error, not a runtime condition).
 pub fn name(s: &str) -> &str {
-    assert!(is_name(s), "not a Salesforce API name: {s:?}");
-    s
+    match field(s) {
+        Ok(s) => s,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+/// The value of one quoted SOQL string literal (the inverse of [`quote`]); `None` when
+/// `lit` is not exactly one string literal.
+pub fn unquote(lit: &str) -> Option<String> {
+    match Lexer::new(lit).tokens().ok()?.as_slice() {
+        [Token::Str(s)] => Some(s.clone()),
+        _ => None,
+    }
 }
 
 /// `Field = 'value'`.
@@ -78,6 +104,9 @@ pub enum Token {
     Word(String),
     /// A string literal, unescaped.
     Str(String),
+    /// The string literal right after `LIKE`, as a pattern: `%` and `_` are wildcards,
+    /// `\x` is the literal character `x` (so `\%` is a percent sign). See [`like_matches`].
+    Pattern(String),
     Number(f64),
     /// `(`, `)`, `,`, `=`, `!=`, `<`, `<=`, `>`, `>=`, `*`.
     Punct(&'static str),

@@ -206,28 +206,28 @@ impl Lms {
             .collect()
     }
 
+    /// A learner's enrollments; `None` (404) when SkillSync knows neither the learner nor
+    /// any enrollment of it.
     fn enrollments_of(&self, learner_id: &str) -> Option<Vec<Enrollment>> {
         let s = self.state.lock().unwrap();
-        s.learners.get(learner_id)?;
-        Some(
-            s.enrollments
-                .values()
-                .filter(|e| e.learner_id == learner_id)
-                .cloned()
-                .collect(),
-        )
+        let items: Vec<Enrollment> = s
+            .enrollments
+            .values()
+            .filter(|e| e.learner_id == learner_id)
+            .cloned()
+            .collect();
+        (s.learners.contains_key(learner_id) || !items.is_empty()).then_some(items)
     }
 
     fn certifications_of(&self, learner_id: &str) -> Option<Vec<Certification>> {
         let s = self.state.lock().unwrap();
-        s.learners.get(learner_id)?;
-        Some(
-            s.certifications
-                .values()
-                .filter(|c| c.learner_id == learner_id)
-                .cloned()
-                .collect(),
-        )
+        let items: Vec<Certification> = s
+            .certifications
+            .values()
+            .filter(|c| c.learner_id == learner_id)
+            .cloned()
+            .collect();
+        (s.learners.contains_key(learner_id) || !items.is_empty()).then_some(items)
     }
 
     fn page_size(&self) -> usize {

@@ -414,8 +414,8 @@ impl Engine {
                 };
                 let why = match code {
                     "out_of_scope" => format!(
-                        "department {:?} is outside the configured scope (R3)",
-                        learner.department_id
+                        "department {} is outside the configured scope (R3)",
+                        learner.department_id.as_deref().unwrap_or("(none)")
                     ),
                     "inactive_not_synced" => "inactive learner that was never synced".to_string(),
                     _ => "learner is already unlinked (R9)".to_string(),
