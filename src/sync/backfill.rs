@@ -66,11 +66,8 @@ impl fmt::Display for Summary {
         writeln!(f, "  learners seen  {}", self.seen)?;
         writeln!(f, "  created        {}", self.created)?;
         writeln!(f, "  linked         {}", self.linked)?;
-        writeln!(
-            f,
-            "  updated        {} (of which moved to another Account: {})",
-            self.updated, self.moved
-        )?;
+        writeln!(f, "  updated        {}", self.updated)?;
+        writeln!(f, "  moved          {} (Contacts put in another Account, R7)", self.moved)?;
         writeln!(f, "  skipped        {}", self.skipped_total())?;
         for (k, v) in &self.skipped {
             writeln!(f, "    {k:<22} {v}")?;
