@@ -724,7 +724,7 @@ async fn simple_salesforce_talks_to_the_sandbox() {
     assert_eq!(contacts.len(), 3);
     let hopper = contacts
         .iter()
-        .find(|c| c["SkillSync_User_Id__c"] == "L1")
+        .find(|c| c.get("SkillSync_User_Id__c") == Some(&json!("L1")))
         .expect("upserted contact");
     assert_eq!(hopper["FirstName"], "Grace");
     assert_eq!(hopper["LastName"], "Hopper");
@@ -735,4 +735,124 @@ async fn simple_salesforce_talks_to_the_sandbox() {
         .requests_by_endpoint()
         .iter()
         .any(|(e, n)| e == "PATCH sobjects/Contact/SkillSync_User_Id__c" && *n == 2));
+}
+
+/// The sandbox's raw wire format, as Salesforce sends it.
+#[tokio::test]
+async fn sandbox_wire_format() {
+    let (org, _client, base) = setup().await;
+    let http = reqwest::Client::new();
+    let v: Value = http
+        .get(format!("{base}/services/data/"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v[0]["version"], "61.0");
+
+    // No token: 401 INVALID_SESSION_ID in Salesforce's error shape.
+    let r = http
+        .get(format!(
+            "{base}/services/data/v61.0/query?q=SELECT+Id+FROM+Account"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v[0]["errorCode"], "INVALID_SESSION_ID");
+
+    // Password grant: any username, the sandbox secret as password.
+    let t: Value = http
+        .post(format!("{base}/services/oauth2/token"))
+        .form(&[
+            ("grant_type", "password"),
+            ("username", "someone@example.com"),
+            ("password", Org::CLIENT_SECRET),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["access_token"].as_str().unwrap().to_string();
+    assert_eq!(t["instance_url"], base.as_str());
+    let r = http
+        .post(format!("{base}/services/oauth2/token"))
+        .form(&[("grant_type", "client_credentials"), ("client_id", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    let r = http
+        .get(format!("{base}/services/data/v61.0/"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["sforce-limit-info"], "api-usage=1/15000");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["sobjects"], "/services/data/v61.0/sobjects");
+
+    // 300 Multiple Choices lists record URLs.
+    let a = org.insert_unchecked(
+        "Contact",
+        rec(json!({"LastName": "A", "SkillSync_User_Id__c": "D"})),
+    );
+    org.insert_unchecked(
+        "Contact",
+        rec(json!({"LastName": "B", "SkillSync_User_Id__c": "D"})),
+    );
+    let r = http
+        .patch(format!(
+            "{base}/services/data/v61.0/sobjects/Contact/SkillSync_User_Id__c/D"
+        ))
+        .bearer_auth(&token)
+        .json(&json!({"FirstName": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 300);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v[0], format!("/services/data/v61.0/sobjects/Contact/{a}"));
+
+    // COUNT() answers totalSize only.
+    let v: Value = http
+        .get(format!("{base}/services/data/v61.0/query"))
+        .query(&[("q", "SELECT COUNT() FROM Contact")])
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"totalSize": 2, "done": true, "records": []}));
+
+    // More than 200 records in one Collections call is refused.
+    let recs = contacts(201, "Z");
+    let r = http
+        .post(format!("{base}/services/data/v61.0/composite/sobjects"))
+        .bearer_auth(&token)
+        .json(&json!({"allOrNone": false, "records": recs}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v[0]["errorCode"], "EXCEEDED_ID_LIMIT");
+    assert_eq!(
+        org.requests_by_endpoint(),
+        vec![
+            ("GET query".to_string(), 1),
+            ("GET resources".to_string(), 1),
+            ("PATCH sobjects/Contact/SkillSync_User_Id__c".to_string(), 1),
+            ("POST composite/sobjects".to_string(), 1),
+        ]
+    );
 }

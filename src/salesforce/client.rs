@@ -7,8 +7,11 @@
 //!   `syncback_salesforce_api_usage`/`_limit` gauges; past `api_usage_threshold` each call
 //!   first waits (50 ms per percentage point over the threshold, at most 5 s) so a busy
 //!   sync backs off before the org's daily limit is exhausted.
-//! - Calls are counted per endpoint template (`"PATCH sobjects/Contact/{ext}"`, no ids)
-//!   for the calls-per-event measurements. Tokens and secrets are never logged.
+//! - Calls are counted per endpoint: method + path template without record ids or
+//!   external id values (`"GET query"`, `"PATCH sobjects/Contact/{id}"`,
+//!   `"PATCH sobjects/Contact/SkillSync_User_Id__c"`, `"POST composite/sobjects"`), the
+//!   same names the sandbox org uses, for the calls-per-event measurements. Token requests
+//!   are counted apart ([`Client::token_requests`]). Tokens and secrets are never logged.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -310,27 +313,25 @@ impl Client {
         }
     }
 
-    /// Problems with the configured fields (empty = fine): the match field and the link
-    /// field on Contact (the link must be an External ID), and the custom objects of R11.
+    /// Check the org's schema against the configuration (`config check`, SPEC R8, R11).
+    ///
+    /// Returns human-readable problems; empty means fine. Describes `Contact`,
+    /// `SkillSync_Enrollment__c` and `SkillSync_Certification__c`:
+    /// - Contact must have the `match_field` (R5) and the `link_field` (R8), and the link
+    ///   must be an External ID, unique field;
+    /// - the custom objects must have the fields of R11, their ids being External IDs.
+    ///
+    /// A missing object is a problem, not an error; transport/auth failures are errors.
     pub async fn check_schema(
         &self,
         link_field: &str,
         match_field: &str,
     ) -> Result<Vec<String>, SfError> {
-        let mut problems = Vec::new();
+        // (object, fields it must have, the External ID field among them)
+        let mut contact = vec![match_field, link_field];
+        contact.dedup();
         let wanted: [(&str, Vec<&str>, &str); 3] = [
-            (
-                "Contact",
-                vec![
-                    match_field,
-                    link_field,
-                    "FirstName",
-                    "LastName",
-                    "Email",
-                    "AccountId",
-                ],
-                link_field,
-            ),
+            ("Contact", contact, link_field),
             (
                 "SkillSync_Enrollment__c",
                 vec![
@@ -358,6 +359,7 @@ impl Client {
                 "SkillSync_Certification_Id__c",
             ),
         ];
+        let mut problems = Vec::new();
         for (object, fields, ext) in wanted {
             let d = match self.describe(object).await {
                 Ok(d) => d,
@@ -372,8 +374,8 @@ impl Client {
             for f in fields {
                 match d.fields.iter().find(|x| x.name.eq_ignore_ascii_case(f)) {
                     None => problems.push(format!("{object}.{f} does not exist")),
-                    Some(x) if f == ext && !x.external_id => problems.push(format!(
-                        "{object}.{f} must be an External ID (unique) field"
+                    Some(x) if f == ext && !(x.external_id && x.unique) => problems.push(format!(
+                        "{object}.{f} must be an External ID field marked unique"
                     )),
                     Some(_) => {}
                 }
@@ -381,6 +383,20 @@ impl Client {
         }
         Ok(problems)
     }
+}
+
+/// The record ids of a 300 Multiple Choices body (a JSON list of record URLs).
+fn multiple_matches(v: &Value) -> SfError {
+    let ids = v
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|u| u.as_str())
+                .map(|u| u.rsplit('/').next().unwrap_or(u).to_string())
+                .collect()
+        })
+        .unwrap_or_default();
+    SfError::MultipleMatches { ids }
 }
 
 fn classify(status: u16, body: Value) -> SfError {
@@ -522,17 +538,11 @@ impl SalesforceApi for Client {
             )
             .await?;
         if status == 300 {
-            let ids = v
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|u| u.as_str())
-                        .map(|u| u.rsplit('/').next().unwrap_or(u).to_string())
-                        .collect()
-                })
-                .unwrap_or_default();
-            return Err(SfError::MultipleMatches { ids });
+            return Err(multiple_matches(&v));
         }
+        // 201 created / 200 updated, both with `{id, success, errors, created}`. An older
+        // API version answers an update with 204 and no body: updated, id unknown (empty)
+        // — we do not spend a call fetching it.
         let id = v["id"].as_str().map(String::from).unwrap_or_default();
         Ok(UpsertResult {
             id,
@@ -560,9 +570,7 @@ impl SalesforceApi for Client {
             )
             .await?;
         if status == 300 {
-            return Err(SfError::MultipleMatches {
-                ids: serde_json::from_value(v).unwrap_or_default(),
-            });
+            return Err(multiple_matches(&v));
         }
         Ok(())
     }

@@ -1,7 +1,9 @@
 //! SOQL building with every literal escaped (SPEC §4).
 //!
-//! Values only ever enter a query through [`quote`] (or the helpers built on it); field
-//! and object names only through [`name`], which accepts API names and nothing else.
+//! Values only ever enter a query through [`quote`] (or the helpers built on it:
+//! [`eq`], [`in_list`], [`like_literal`]); field and object names only through [`field`]
+//! / [`name`], which accept API names (`[A-Za-z][A-Za-z0-9_]*`) and nothing else — so a
+//! learner's `username` such as `x' OR Email != '` stays one literal (R5, R8).
 //! [`Lexer`] reads SOQL back; the sandbox's query engine and the round-trip tests use it.
 
 /// Escape `s` as a single-quoted SOQL string literal.
@@ -127,6 +129,14 @@ impl<'a> Lexer<'a> {
     pub fn tokens(mut self) -> Result<Vec<Token>, String> {
         let mut out = Vec::new();
         while let Some(t) = self.next_token()? {
+            // A literal after LIKE is a pattern: keep its escaped wildcards apart.
+            let t = match (out.last(), t) {
+                (Some(Token::Word(w)), Token::Pattern(p)) if w.eq_ignore_ascii_case("LIKE") => {
+                    Token::Pattern(p)
+                }
+                (_, Token::Pattern(p)) => Token::Str(pattern_value(&p)),
+                (_, t) => t,
+            };
             out.push(t);
         }
         Ok(out)
@@ -170,6 +180,8 @@ impl<'a> Lexer<'a> {
         Err(format!("unexpected character {c:?} at {}", self.pos))
     }
 
+    /// A quoted literal, returned as a [`Token::Pattern`] (escapes kept as `\\x`);
+    /// [`Lexer::tokens`] turns it into a plain [`Token::Str`] unless it follows `LIKE`.
     fn string(&mut self) -> Result<Token, String> {
         let start = self.pos;
         let mut out = String::new();
@@ -178,11 +190,11 @@ impl<'a> Lexer<'a> {
             match c {
                 '\'' => {
                     self.pos += 1 + i + 1;
-                    return Ok(Token::Str(out));
+                    return Ok(Token::Pattern(out));
                 }
                 '\\' => {
                     let Some((_, e)) = chars.next() else { break };
-                    out.push(match e {
+                    let lit = match e {
                         'n' => '\n',
                         'r' => '\r',
                         't' => '\t',
@@ -190,13 +202,71 @@ impl<'a> Lexer<'a> {
                         'f' => '\u{c}',
                         '\\' | '\'' | '"' | '%' | '_' => e,
                         other => return Err(format!("invalid escape \\{other} at {}", start + i)),
-                    });
+                    };
+                    out.push('\\');
+                    out.push(lit);
                 }
-                c => out.push(c),
+                '%' | '_' => out.push(c),
+                c => {
+                    out.push('\\');
+                    out.push(c);
+                }
             }
         }
         Err(format!("unterminated string literal starting at {start}"))
     }
+}
+
+/// The plain value of a pattern: every character literal (`\%` → `%`).
+fn pattern_value(p: &str) -> String {
+    let mut out = String::with_capacity(p.len());
+    let mut chars = p.chars();
+    while let Some(c) = chars.next() {
+        out.push(if c == '\\' {
+            chars.next().unwrap_or(c)
+        } else {
+            c
+        });
+    }
+    out
+}
+
+/// Does `value` match a [`Token::Pattern`]? `%` is any run, `_` any one character,
+/// `\x` exactly `x`; letters compare case-insensitively (as Salesforce's `LIKE`).
+pub fn like_matches(value: &str, pattern: &str) -> bool {
+    enum P {
+        Any,
+        One,
+        Lit(char),
+    }
+    let mut pat = Vec::new();
+    let mut chars = pattern.chars();
+    while let Some(c) = chars.next() {
+        pat.push(match c {
+            '%' => P::Any,
+            '_' => P::One,
+            '\\' => P::Lit(chars.next().unwrap_or('\\')),
+            c => P::Lit(c),
+        });
+    }
+    let v: Vec<char> = value.chars().collect();
+    // Classic wildcard matching, O(len(v) × len(pat)).
+    let mut reach = vec![false; v.len() + 1]; // reach[i]: v[..i] matches the pattern so far
+    reach[0] = true;
+    for p in &pat {
+        let mut next = vec![false; v.len() + 1];
+        for i in 0..=v.len() {
+            match p {
+                P::Any => next[i] = reach[i] || (i > 0 && next[i - 1]),
+                P::One => next[i] = i > 0 && reach[i - 1],
+                P::Lit(c) => {
+                    next[i] = i > 0 && reach[i - 1] && v[i - 1].to_lowercase().eq(c.to_lowercase())
+                }
+            }
+        }
+        reach = next;
+    }
+    reach[v.len()]
 }
 
 #[cfg(test)]
@@ -244,7 +314,18 @@ mod tests {
         #[test]
         fn like_literals_round_trip(s in "[a-z%_' \\\\]{0,20}") {
             let toks = Lexer::new(&like_literal(&s)).tokens().unwrap();
-            prop_assert_eq!(toks, vec![Token::Str(s)]);
+            prop_assert_eq!(toks, vec![Token::Str(s.clone())]);
+            // As a LIKE pattern it matches only itself (modulo case).
+            let toks = Lexer::new(&format!("Name LIKE {}", like_literal(&s))).tokens().unwrap();
+            let Token::Pattern(p) = &toks[2] else { panic!("{toks:?}") };
+            prop_assert!(like_matches(&s, p));
+            let other = format!("{s}x");
+            prop_assert!(!like_matches(&other, p));
+        }
+
+        #[test]
+        fn unquote_inverts_quote(s in any::<String>()) {
+            prop_assert_eq!(unquote(&quote(&s)), Some(s));
         }
     }
 }

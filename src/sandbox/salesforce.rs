@@ -27,7 +27,7 @@ use chrono::Utc;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::salesforce::soql::{Lexer, Token};
+use crate::salesforce::soql::{like_matches, Lexer, Token};
 use crate::salesforce::{
     ApiError, Describe, FieldDescribe, Record, SalesforceApi, SaveResult, SfError, UpsertResult,
 };
@@ -508,7 +508,8 @@ impl OrgState {
         }
     }
 
-    fn query(&self, soql: &str) -> Result<Vec<Record>, SfError> {
+    /// Run a query: the records (none for `COUNT()`) and `totalSize`.
+    fn query(&self, soql: &str) -> Result<(Vec<Record>, usize), SfError> {
         let q = parse_query(soql).map_err(|m| err(400, "MALFORMED_QUERY", &m, &[]))?;
         let o = object(&q.from).map_err(|_| {
             err(
@@ -563,7 +564,11 @@ impl OrgState {
         if let Some(n) = q.limit {
             rows.truncate(n);
         }
-        Ok(rows
+        if q.count {
+            return Ok((Vec::new(), rows.len()));
+        }
+        let total = rows.len();
+        let rows = rows
             .into_iter()
             .map(|r| {
                 let id = r["Id"].as_str().unwrap_or_default();
@@ -574,7 +579,8 @@ impl OrgState {
                 }
                 out
             })
-            .collect())
+            .collect();
+        Ok((rows, total))
     }
 }
 
@@ -589,6 +595,8 @@ fn sort_key(v: &Value) -> String {
 // ---------------------------------------------------------------- SOQL subset
 
 struct SoqlQuery {
+    /// `SELECT COUNT() FROM …`: only `totalSize` is answered.
+    count: bool,
     fields: Vec<String>,
     from: String,
     filter: Option<Cond>,
@@ -643,25 +651,6 @@ fn soql_eq(a: &Value, b: &Value) -> bool {
     }
 }
 
-fn like(value: &str, pattern: &str) -> bool {
-    fn go(v: &[char], p: &[char]) -> bool {
-        match p.first() {
-            None => v.is_empty(),
-            Some('%') => (0..=v.len()).any(|i| go(&v[i..], &p[1..])),
-            Some('_') => !v.is_empty() && go(&v[1..], &p[1..]),
-            Some(c) => {
-                v.first()
-                    .is_some_and(|x| x.to_lowercase().eq(c.to_lowercase()))
-                    && go(&v[1..], &p[1..])
-            }
-        }
-    }
-    go(
-        &value.chars().collect::<Vec<_>>(),
-        &pattern.chars().collect::<Vec<_>>(),
-    )
-}
-
 impl Cond {
     fn eval(&self, r: &Record) -> bool {
         match self {
@@ -703,7 +692,7 @@ impl Cond {
                 let v = get_ci(r, f);
                 list.iter().any(|l| soql_eq(v, l)) != *negated
             }
-            Cond::Like(f, p) => get_ci(r, f).as_str().is_some_and(|v| like(v, p)),
+            Cond::Like(f, p) => get_ci(r, f).as_str().is_some_and(|v| like_matches(v, p)),
         }
     }
 }
@@ -794,8 +783,10 @@ impl Parser {
         }
         let field = self.word()?;
         if self.eat_kw("LIKE") {
-            return match self.literal()? {
-                Value::String(p) => Ok(Cond::Like(field, p)),
+            let t = self.toks.get(self.pos).cloned();
+            self.pos += 1;
+            return match t {
+                Some(Token::Pattern(p)) => Ok(Cond::Like(field, p)),
                 _ => Err("LIKE needs a string".into()),
             };
         }
@@ -834,9 +825,17 @@ fn parse_query(soql: &str) -> Result<SoqlQuery, String> {
     let toks = Lexer::new(soql).tokens()?;
     let mut p = Parser { toks, pos: 0 };
     p.expect_kw("SELECT")?;
-    let mut fields = vec![p.word()?];
-    while p.eat_punct(",") {
+    let count = p.peek_kw("COUNT")
+        && matches!(p.toks.get(p.pos + 1), Some(Token::Punct("(")))
+        && matches!(p.toks.get(p.pos + 2), Some(Token::Punct(")")));
+    let mut fields = Vec::new();
+    if count {
+        p.pos += 3;
+    } else {
         fields.push(p.word()?);
+        while p.eat_punct(",") {
+            fields.push(p.word()?);
+        }
     }
     p.expect_kw("FROM")?;
     let from = p.word()?;
@@ -868,6 +867,7 @@ fn parse_query(soql: &str) -> Result<SoqlQuery, String> {
         return Err(format!("unexpected token {:?}", p.toks[p.pos]));
     }
     Ok(SoqlQuery {
+        count,
         fields,
         from,
         filter,
@@ -928,7 +928,8 @@ impl Org {
         self.state.lock().unwrap().delete(sobject, id).is_ok()
     }
 
-    /// REST calls served per endpoint (`"GET query"`, `"PATCH sobjects/Contact/{ext}"`, …).
+    /// REST calls served per endpoint, sorted, named like [`crate::salesforce::Client::calls`]
+    /// (`"GET query"`, `"PATCH sobjects/Contact/SkillSync_User_Id__c"`, `"GET sobjects/Contact/{id}"`).
     pub fn requests_by_endpoint(&self) -> Vec<(String, u64)> {
         self.state
             .lock()
@@ -1112,9 +1113,17 @@ fn ok_result(id: String, created: Option<bool>) -> SaveResult {
 /// The in-process port: same semantics, same counters and faults as over HTTP.
 #[async_trait]
 impl SalesforceApi for Org {
+    /// Counts one call per page (`set_page_size`), as `nextRecordsUrl` paging does.
     async fn query(&self, soql: &str) -> Result<Vec<Record>, SfError> {
         self.enter("GET query".into()).await?;
-        self.state.lock().unwrap().query(soql)
+        let (rows, page_size) = {
+            let s = self.state.lock().unwrap();
+            (s.query(soql)?.0, s.page_size)
+        };
+        for _ in 1..rows.len().div_ceil(page_size) {
+            self.enter("GET query".into()).await?;
+        }
+        Ok(rows)
     }
     async fn create(&self, sobject: &str, fields: &Record) -> Result<String, SfError> {
         self.enter(format!("POST sobjects/{sobject}")).await?;
@@ -1407,6 +1416,7 @@ fn reply<T: serde::Serialize>(r: Result<T, SfError>, status: StatusCode) -> Resp
 
 #[derive(Deserialize)]
 struct TokenForm {
+    #[serde(default)]
     grant_type: String,
     client_id: Option<String>,
     client_secret: Option<String>,
@@ -1486,6 +1496,7 @@ pub fn endpoint_name(method: &Method, path: &str) -> String {
         ["sobjects", t, field, _] => format!("sobjects/{t}/{field}"),
         ["composite", "sobjects"] => "composite/sobjects".to_string(),
         ["composite", "sobjects", t, f] => format!("composite/sobjects/{t}/{f}"),
+        [] => "resources".to_string(),
         other => other.join("/"),
     };
     format!("{method} {tpl}")
@@ -1523,10 +1534,7 @@ async fn h_query(State(org): State<Org>, Query(p): Query<QueryParams>) -> Respon
     };
     let rows = org.state.lock().unwrap().query(&q);
     match rows {
-        Ok(rows) => {
-            let total = rows.len();
-            query_page(&org, rows, total)
-        }
+        Ok((rows, total)) => query_page(&org, rows, total),
         Err(e) => error_response(&e),
     }
 }
@@ -1629,11 +1637,13 @@ async fn h_external(
                     };
                     (status, Json(json!({"id": u.id, "success": true, "errors": [], "created": u.created}))).into_response()
                 }
+                Err(SfError::MultipleMatches { ids }) => multiple_choices(&t, &ids),
                 Err(e) => error_response(&e),
             }
         }
         Method::DELETE => match delete_external(&mut s, &t, &field, &value) {
             Ok(()) => StatusCode::NO_CONTENT.into_response(),
+            Err(SfError::MultipleMatches { ids }) => multiple_choices(&t, &ids),
             Err(e) => error_response(&e),
         },
         Method::GET => {
@@ -1643,12 +1653,22 @@ async fn h_external(
                     reply(get_record(&s, &t, &ids[0], &[]), StatusCode::OK)
                 }
                 Ok((_, ids)) if ids.is_empty() => error_response(&SfError::NotFound),
-                Ok((_, ids)) => error_response(&SfError::MultipleMatches { ids }),
+                Ok((_, ids)) => multiple_choices(&t, &ids),
                 Err(e) => error_response(&e),
             }
         }
         _ => StatusCode::METHOD_NOT_ALLOWED.into_response(),
     }
+}
+
+/// 300 Multiple Choices: the JSON list of the matching records' URLs.
+fn multiple_choices(sobject: &str, ids: &[String]) -> Response {
+    let name = object(sobject).map(|o| o.name).unwrap_or(sobject);
+    let urls: Vec<String> = ids
+        .iter()
+        .map(|id| format!("/services/data/v61.0/sobjects/{name}/{id}"))
+        .collect();
+    (StatusCode::MULTIPLE_CHOICES, Json(urls)).into_response()
 }
 
 #[derive(Deserialize)]
@@ -1732,6 +1752,18 @@ async fn h_upsert_collection(
     )
 }
 
+/// `GET /services/data/vXX.X/`: the resources of a version.
+async fn h_resources(Path(v): Path<String>) -> Response {
+    let base = format!("/services/data/{v}");
+    Json(json!({
+        "sobjects": format!("{base}/sobjects"),
+        "query": format!("{base}/query"),
+        "composite": format!("{base}/composite"),
+        "limits": format!("{base}/limits"),
+    }))
+    .into_response()
+}
+
 async fn h_versions() -> Response {
     Json(json!([{"label": "Winter '25", "url": "/services/data/v61.0", "version": "61.0"}]))
         .into_response()
@@ -1752,6 +1784,8 @@ impl Org {
         let record = get(h_record).patch(h_record).delete(h_record);
         let external = get(h_external).patch(h_external).delete(h_external);
         let rest = Router::new()
+            .route(base, get(h_resources))
+            .route(&format!("{base}/"), get(h_resources))
             .route(&format!("{base}/query"), get(h_query))
             .route(&format!("{base}/query/"), get(h_query))
             .route(&format!("{base}/query/{{loc}}"), get(h_query_more))
@@ -1853,7 +1887,8 @@ mod tests {
             )
             .unwrap_err();
         assert_eq!(e.code(), "DUPLICATE_VALUE");
-        let q = |s: &str| org.state.lock().unwrap().query(s);
+        let q = |s: &str| org.state.lock().unwrap().query(s).map(|(rows, _)| rows);
+        let count = |s: &str| org.state.lock().unwrap().query(s).unwrap().1;
         assert_eq!(
             q("SELECT Id, LastName FROM Contact WHERE Email = 'ada@x.example'")
                 .unwrap()
@@ -1888,6 +1923,20 @@ mod tests {
                 .len(),
             0,
             "escaped literal stays a literal"
+        );
+        assert_eq!(count("SELECT COUNT() FROM Contact WHERE Email != null"), 2);
+        assert_eq!(
+            q("SELECT Id FROM Contact WHERE LastName LIKE '\\_'")
+                .unwrap()
+                .len(),
+            0,
+            "escaped wildcard matches itself only"
+        );
+        assert_eq!(
+            q("SELECT Id FROM Contact WHERE (LastName = 'A' OR LastName = 'B') AND Email NOT IN ('b@x.example')")
+                .unwrap()
+                .len(),
+            1
         );
         assert_eq!(
             q("SELECT Id FROM Contact WHERE").unwrap_err().code(),
