@@ -67,7 +67,11 @@ impl fmt::Display for Summary {
         writeln!(f, "  created        {}", self.created)?;
         writeln!(f, "  linked         {}", self.linked)?;
         writeln!(f, "  updated        {}", self.updated)?;
-        writeln!(f, "  moved          {} (Contacts put in another Account, R7)", self.moved)?;
+        writeln!(
+            f,
+            "  moved          {} (Contacts put in another Account, R7)",
+            self.moved
+        )?;
         writeln!(f, "  skipped        {}", self.skipped_total())?;
         for (k, v) in &self.skipped {
             writeln!(f, "    {k:<22} {v}")?;
