@@ -895,3 +895,7 @@ impl ScopePort for crate::skillsync::scope::ScopeResolver {
         crate::skillsync::scope::ScopeResolver::in_scope(self, department_id).await
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

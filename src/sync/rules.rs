@@ -33,7 +33,12 @@ impl Permanent {
 pub fn is_stale(last: Option<&EntityVersion>, occurred_at: DateTime<Utc>, event_id: &str) -> bool {
     match last {
         None => false,
-        Some(v) => (occurred_at, event_id) <= (v.occurred_at, v.event_id.as_str()),
+        // Compared at microsecond precision, the precision the store keeps: an event
+        // must not look newer than itself because of dropped nanoseconds.
+        Some(v) => {
+            (occurred_at.timestamp_micros(), event_id)
+                <= (v.occurred_at.timestamp_micros(), v.event_id.as_str())
+        }
     }
 }
 

@@ -1,0 +1,199 @@
+//! The `syncback` binary as users meet it: `config check` (R2 with clear messages),
+//! `work` refusing an invalid source department, bad configuration files, `learner status`.
+
+use std::process::Command;
+
+use syncback::sandbox::salesforce::Org;
+use syncback::sandbox::skillsync::Lms;
+
+const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
+struct Env {
+    dir: tempfile::TempDir,
+    sf: String,
+    ss: String,
+}
+
+async fn env() -> Env {
+    let org = Org::new();
+    let lms = Lms::new();
+    lms.add_department("42", "Engineering", None);
+    let (sf, _) = org.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let (ss, _) = lms.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    Env {
+        dir: tempfile::tempdir().unwrap(),
+        sf: format!("http://{sf}"),
+        ss: format!("http://{ss}"),
+    }
+}
+
+impl Env {
+    fn config(
+        &self,
+        name: &str,
+        dept: &str,
+        ss_secret: &str,
+        ss_url: Option<&str>,
+        extra: &str,
+    ) -> std::path::PathBuf {
+        let path = self.dir.path().join(name);
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[server]
+listen = "127.0.0.1:0"
+[webhooks]
+secrets = ["{SECRET}"]
+[queue]
+backend = "memory"
+[store]
+url = "sqlite://{db}"
+[salesforce]
+login_url = "{sf}"
+client_id = "sandbox-client"
+client_secret = "sandbox-secret"
+[skillsync]
+base_url = "{ss}"
+client_id = "sandbox-client"
+client_secret = "{ss_secret}"
+[sync]
+enabled = true
+source_department_id = "{dept}"
+{extra}
+"#,
+                db = self.dir.path().join("state.db").display(),
+                sf = self.sf,
+                ss = ss_url.unwrap_or(&self.ss),
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+/// Run the binary off the test runtime's threads (the sandboxes must keep answering).
+async fn syncback(args: Vec<String>) -> (i32, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncback"))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .env_remove("SYNCBACK_CONFIG")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.code().unwrap_or(-1), text)
+    })
+    .await
+    .unwrap()
+}
+
+fn args(cfg: &std::path::Path, rest: &[&str]) -> Vec<String> {
+    let mut v = vec!["--config".to_string(), cfg.display().to_string()];
+    v.extend(rest.iter().map(|s| s.to_string()));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_validates_the_source_department_r2() {
+    let e = env().await;
+    let good = e.config("good.toml", "42", "sandbox-secret", None, "");
+    let (code, out) = syncback(args(&good, &["config", "check", "--role", "work"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("source department 42 (Engineering) validated (R2)"),
+        "{out}"
+    );
+    assert!(out.contains("Salesforce: authenticated"), "{out}");
+
+    let unknown = e.config("unknown.toml", "4711", "sandbox-secret", None, "");
+    let (code, out) = syncback(args(&unknown, &["config", "check", "--role", "work"])).await;
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("source department 4711 does not exist in SkillSync"),
+        "{out}"
+    );
+
+    let denied = e.config("denied.toml", "42", "wrong-secret", None, "");
+    let (code, out) = syncback(args(&denied, &["config", "check", "--role", "work"])).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("SkillSync refused the credentials"), "{out}");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gone = e.config(
+        "gone.toml",
+        "42",
+        "sandbox-secret",
+        Some(&format!("http://{closed}")),
+        "",
+    );
+    let (code, out) = syncback(args(&gone, &["config", "check", "--role", "work"])).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("SkillSync is unreachable"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_and_run_refuse_to_start_with_an_unknown_department() {
+    let e = env().await;
+    let unknown = e.config("unknown.toml", "4711", "sandbox-secret", None, "");
+    for cmd in ["work", "run"] {
+        let (code, out) = syncback(args(&unknown, &[cmd])).await;
+        assert_ne!(code, 0, "{cmd}: {out}");
+        assert!(
+            out.contains("refusing to start") && out.contains("4711"),
+            "{cmd}: {out}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_configuration_is_explained_and_secrets_are_not_printed() {
+    let e = env().await;
+    let typo = e.config(
+        "typo.toml",
+        "42",
+        "sandbox-secret",
+        None,
+        "scoop = \"department_only\"",
+    );
+    let (code, out) = syncback(args(&typo, &["config", "check", "--offline"])).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("scoop"), "unknown key named: {out}");
+    let bad = e.config(
+        "bad.toml",
+        "",
+        "sandbox-secret",
+        None,
+        "account_rule = \"default\"",
+    );
+    let text = std::fs::read_to_string(&bad)
+        .unwrap()
+        .replace(SECRET, "whsec_!!notbase64");
+    std::fs::write(&bad, text).unwrap();
+    let (code, out) = syncback(args(&bad, &["config", "check", "--offline"])).await;
+    assert_ne!(code, 0);
+    assert!(out.contains("webhooks.secrets[0]"), "{out}");
+    assert!(out.contains("default_account_id"), "{out}");
+    assert!(
+        !out.contains("sandbox-secret"),
+        "secrets never printed: {out}"
+    );
+    let missing = e.dir.path().join("nope.toml");
+    let (code, out) = syncback(args(&missing, &["work"])).await;
+    assert_ne!(code, 0, "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_status_of_an_unknown_learner_says_so() {
+    let e = env().await;
+    let cfg = e.config("good.toml", "42", "sandbox-secret", None, "");
+    let (code, out) = syncback(args(&cfg, &["learner", "status", "L-unknown"])).await;
+    assert_eq!(code, 3, "{out}");
+}
