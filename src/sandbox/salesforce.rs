@@ -643,7 +643,11 @@ fn soql_eq(a: &Value, b: &Value) -> bool {
         (Value::String(x), Value::String(y)) => {
             x.eq_ignore_ascii_case(y)
                 || (x.len() == 18 && y.len() == 15 && x.starts_with(y.as_str()))
-                || x.to_lowercase() == y.to_lowercase()
+                // Unicode case folding without allocating (queries scan every record).
+                || (!x.is_ascii() || !y.is_ascii())
+                    && x.chars()
+                        .flat_map(char::to_lowercase)
+                        .eq(y.chars().flat_map(char::to_lowercase))
         }
         (Value::Number(x), Value::Number(y)) => x.as_f64() == y.as_f64(),
         (Value::Null, Value::Null) => true,

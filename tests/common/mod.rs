@@ -94,7 +94,7 @@ match_field = "Email"
 account_rule = "department"
 [worker]
 concurrency = 8
-max_attempts = 3
+max_attempts = 5
 "#,
         sf = w.sf_url,
         ss = w.ss_url

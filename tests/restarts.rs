@@ -1,0 +1,180 @@
+//! Restarting RabbitMQ or PostgreSQL during a run loses nothing (SPEC §7, issue: ops).
+//! These tests take a shared server down for a few seconds, so they live in their own
+//! binary (cargo runs test binaries one after another) and take turns (`TURN`).
+
+use std::time::Duration;
+
+use chrono::Utc;
+use serde_json::json;
+
+mod common;
+use common::*;
+
+fn rabbitmqctl(arg: &str) {
+    let st = std::process::Command::new("rabbitmqctl")
+        .arg(arg)
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("rabbitmqctl");
+    assert!(st.success(), "rabbitmqctl {arg}");
+}
+
+/// One restart at a time.
+static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_restart_during_a_run_loses_nothing() {
+    let _turn = TURN.lock().await;
+    if std::process::Command::new("rabbitmqctl")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !syncback::testing::in_ci(),
+            "rabbitmqctl is needed with CI=true"
+        );
+        eprintln!("\n!!!!! SKIPPING: rabbitmqctl not found !!!!!\n");
+        return;
+    }
+    let w = world().await;
+    let Some(app) = spawn_app(&w, "restart").await else {
+        return;
+    };
+    w.org.set_latency(Duration::from_millis(5));
+    let t = Utc::now();
+    let learners: Vec<String> = (0..20).map(|i| format!("RR{i:02}")).collect();
+    let mut sent = 0;
+    for round in 0..6 {
+        if round == 3 {
+            // The broker goes away mid-run and comes back.
+            rabbitmqctl("stop_app");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            rabbitmqctl("start_app");
+        }
+        for l in &learners {
+            let at = t + chrono::Duration::seconds(round);
+            let ev = envelope(
+                &format!("evt_{l}_{round}"),
+                "learner.updated",
+                at,
+                json!({"learner": learner_json(l, &format!("{l}@rr.example"), &format!("Round{round}"), ("42", "Engineering"), "active", at)}),
+            );
+            // SkillSync retries on 503 until the event is durably queued.
+            let mut tries = 0;
+            while app.post(&ev).await != 202 {
+                tries += 1;
+                assert!(tries < 300, "receiver never recovered");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 120);
+    for l in &learners {
+        let store = app.store.clone();
+        let l2 = l.clone();
+        eventually(120, &format!("{l} at its newest event"), || {
+            let store = store.clone();
+            let l = l2.clone();
+            async move {
+                store
+                    .history(&l, 50)
+                    .await
+                    .unwrap()
+                    .iter()
+                    .any(|r| r.event_id == format!("evt_{l}_5"))
+            }
+        })
+        .await;
+        let c = contacts_with(&w.org, "SkillSync_User_Id__c", l);
+        assert_eq!(c.len(), 1, "{l}");
+        assert_eq!(c[0]["LastName"], json!("Round5"));
+        assert_eq!(
+            contacts_with(&w.org, "Email", &format!("{l}@rr.example")).len(),
+            1
+        );
+    }
+    assert!(app.queue.dlq_list().await.unwrap().is_empty());
+}
+
+fn restart_postgres() {
+    let version = std::fs::read_dir("/etc/postgresql")
+        .ok()
+        .and_then(|mut d| d.next())
+        .and_then(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("a PostgreSQL cluster under /etc/postgresql");
+    let st = std::process::Command::new("pg_ctlcluster")
+        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("pg_ctlcluster");
+    assert!(st.success(), "pg_ctlcluster restart");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_restart_during_a_run_loses_nothing() {
+    let _turn = TURN.lock().await;
+    if std::process::Command::new("pg_ctlcluster")
+        .arg("--help")
+        .output()
+        .is_err()
+    {
+        assert!(
+            !syncback::testing::in_ci(),
+            "pg_ctlcluster is needed with CI=true"
+        );
+        eprintln!("\n!!!!! SKIPPING: pg_ctlcluster not found !!!!!\n");
+        return;
+    }
+    let w = world().await;
+    let Some(app) = spawn_app(&w, "pg_restart").await else {
+        return;
+    };
+    let t = Utc::now();
+    let learners: Vec<String> = (0..15).map(|i| format!("PG{i:02}")).collect();
+    for round in 0..4 {
+        if round == 2 {
+            restart_postgres();
+        }
+        for l in &learners {
+            let at = t + chrono::Duration::seconds(round);
+            let ev = envelope(
+                &format!("evt_{l}_{round}"),
+                "learner.updated",
+                at,
+                json!({"learner": learner_json(l, &format!("{l}@pg.example"), &format!("Round{round}"), ("42", "Engineering"), "active", at)}),
+            );
+            assert_eq!(
+                app.post(&ev).await,
+                202,
+                "the receiver does not need the store"
+            );
+        }
+    }
+    for l in &learners {
+        let store = app.store.clone();
+        let l2 = l.clone();
+        eventually(120, &format!("{l} at its newest event"), || {
+            let store = store.clone();
+            let l = l2.clone();
+            async move {
+                store
+                    .history(&l, 50)
+                    .await
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|r| r.event_id == format!("evt_{l}_3"))
+            }
+        })
+        .await;
+        let c = contacts_with(&w.org, "SkillSync_User_Id__c", l);
+        assert_eq!(c.len(), 1, "{l}");
+        assert_eq!(c[0]["LastName"], json!("Round3"));
+    }
+    assert!(
+        app.queue.dlq_list().await.unwrap().is_empty(),
+        "transient store errors are retried, not dead-lettered"
+    );
+}
