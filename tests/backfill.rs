@@ -156,6 +156,30 @@ fn clients(w: &World) -> Clients {
     Clients { sf, ss, scope }
 }
 
+async fn run_backfill(
+    settings: &SyncSettings,
+    c: &Clients,
+    store: &dyn Store,
+    dry_run: bool,
+) -> syncback::sync::backfill::Summary {
+    let counter = c.sf.clone();
+    let calls = move || counter.total_calls();
+    Backfill {
+        settings,
+        sf: &c.sf,
+        ss: c.ss.as_ref(),
+        scope: &c.scope,
+        store,
+        dry_run,
+        restart: false,
+        progress: false,
+        sf_calls: Some(&calls),
+    }
+    .run()
+    .await
+    .unwrap()
+}
+
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("bf.db").display());
@@ -169,25 +193,9 @@ async fn backfill_of_10000_learners_is_batched_and_complete() {
     let c = clients(&w);
     let (_dir, store) = sqlite().await;
     let settings = sync_settings();
-    let counter = c.sf.clone();
-    let calls = move || counter.total_calls();
-
     // Dry run first: a plan, and nothing written.
     let contacts_before = w.org.records("Contact").len();
-    let dry = Backfill {
-        settings: &settings,
-        sf: &c.sf,
-        ss: c.ss.as_ref(),
-        scope: &c.scope,
-        store: store.as_ref(),
-        dry_run: true,
-        restart: false,
-        progress: false,
-        sf_calls: Some(&calls),
-    }
-    .run()
-    .await
-    .unwrap();
+    let dry = run_backfill(&settings, &c, store.as_ref(), true).await;
     assert_eq!(
         w.org.records("Contact").len(),
         contacts_before,
@@ -206,20 +214,7 @@ async fn backfill_of_10000_learners_is_batched_and_complete() {
     let dry_text = dry.to_string();
     assert!(dry_text.contains("DRY RUN"), "{dry_text}");
 
-    let s = Backfill {
-        settings: &settings,
-        sf: &c.sf,
-        ss: c.ss.as_ref(),
-        scope: &c.scope,
-        store: store.as_ref(),
-        dry_run: false,
-        restart: false,
-        progress: false,
-        sf_calls: Some(&calls),
-    }
-    .run()
-    .await
-    .unwrap();
+    let s = run_backfill(&settings, &c, store.as_ref(), false).await;
     println!("{s}");
     assert_eq!(
         s.seen, 9_000,
@@ -274,20 +269,7 @@ async fn backfill_of_10000_learners_is_batched_and_complete() {
     );
 
     // A second run changes nothing and costs about the same few calls.
-    let again = Backfill {
-        settings: &settings,
-        sf: &c.sf,
-        ss: c.ss.as_ref(),
-        scope: &c.scope,
-        store: store.as_ref(),
-        dry_run: false,
-        restart: false,
-        progress: false,
-        sf_calls: Some(&calls),
-    }
-    .run()
-    .await
-    .unwrap();
+    let again = run_backfill(&settings, &c, store.as_ref(), false).await;
     assert_eq!(again.created, 0);
     assert_eq!(w.org.records("Contact").len(), contacts.len());
     let _ = &w.lms;

@@ -313,6 +313,25 @@ impl Client {
         }
     }
 
+    /// `POST` (create) or `PATCH` (update) `/composite/sobjects`, 200 records per call.
+    async fn collection(
+        &self,
+        method: Method,
+        records: &[Record],
+        all_or_none: bool,
+    ) -> Result<Vec<SaveResult>, SfError> {
+        let endpoint = format!("{method} composite/sobjects");
+        let mut out = Vec::with_capacity(records.len());
+        for chunk in records.chunks(COLLECTION_LIMIT) {
+            let body = json!({"allOrNone": all_or_none, "records": chunk});
+            let (_, v) = self
+                .call(method.clone(), &endpoint, "composite/sobjects", Some(&body))
+                .await?;
+            out.extend(save_results(v)?);
+        }
+        Ok(out)
+    }
+
     /// Check the org's schema against the configuration (`config check`, SPEC R8, R11).
     ///
     /// Returns human-readable problems; empty means fine. Describes `Contact`,
@@ -580,20 +599,7 @@ impl SalesforceApi for Client {
         records: &[Record],
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>, SfError> {
-        let mut out = Vec::with_capacity(records.len());
-        for chunk in records.chunks(COLLECTION_LIMIT) {
-            let body = json!({"allOrNone": all_or_none, "records": chunk});
-            let (_, v) = self
-                .call(
-                    Method::POST,
-                    "POST composite/sobjects",
-                    "composite/sobjects",
-                    Some(&body),
-                )
-                .await?;
-            out.extend(save_results(v)?);
-        }
-        Ok(out)
+        self.collection(Method::POST, records, all_or_none).await
     }
 
     async fn update_many(
@@ -601,20 +607,7 @@ impl SalesforceApi for Client {
         records: &[Record],
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>, SfError> {
-        let mut out = Vec::with_capacity(records.len());
-        for chunk in records.chunks(COLLECTION_LIMIT) {
-            let body = json!({"allOrNone": all_or_none, "records": chunk});
-            let (_, v) = self
-                .call(
-                    Method::PATCH,
-                    "PATCH composite/sobjects",
-                    "composite/sobjects",
-                    Some(&body),
-                )
-                .await?;
-            out.extend(save_results(v)?);
-        }
-        Ok(out)
+        self.collection(Method::PATCH, records, all_or_none).await
     }
 
     async fn upsert_many(

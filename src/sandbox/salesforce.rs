@@ -983,17 +983,7 @@ impl Org {
             let mut s = self.state.lock().unwrap();
             *s.counts.entry(endpoint).or_default() += 1;
             s.api_used += 1;
-            let fault = match &mut s.fault {
-                Some((n, f)) => {
-                    let f = *f;
-                    *n -= 1;
-                    if *n == 0 {
-                        s.fault = None;
-                    }
-                    Some(f)
-                }
-                None => None,
-            };
+            let fault = super::take_fault(&mut s.fault);
             (s.latency, fault)
         };
         if !latency.is_zero() {
@@ -1179,11 +1169,7 @@ impl SalesforceApi for Org {
         let mut out = Vec::new();
         for chunk in records.chunks(200) {
             self.enter("POST composite/sobjects".into()).await?;
-            out.extend(self.collection(all_or_none, chunk, |s, r| {
-                let t = record_type(r)
-                    .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
-                s.create(t, r).map(|id| ok_result(id, Some(true)))
-            })?);
+            out.extend(self.collection(all_or_none, chunk, collection_create)?);
         }
         Ok(out)
     }
@@ -1195,24 +1181,7 @@ impl SalesforceApi for Org {
         let mut out = Vec::new();
         for chunk in records.chunks(200) {
             self.enter("PATCH composite/sobjects".into()).await?;
-            out.extend(self.collection(all_or_none, chunk, |s, r| {
-                let t = record_type(r)
-                    .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
-                let id = r
-                    .get("Id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| {
-                        err(
-                            400,
-                            "MISSING_ARGUMENT",
-                            "Id not specified in an update call",
-                            &[],
-                        )
-                    })?
-                    .to_string();
-                s.update(t, &id, r)
-                    .map(|()| ok_result(canonical_id(&id).unwrap_or(id), None))
-            })?);
+            out.extend(self.collection(all_or_none, chunk, collection_update)?);
         }
         Ok(out)
     }
@@ -1256,6 +1225,33 @@ impl SalesforceApi for Org {
             .await?;
         describe(sobject)
     }
+}
+
+/// One record of a Collections create (`attributes.type` names the sObject).
+fn collection_create(s: &mut OrgState, r: &Record) -> Result<SaveResult, SfError> {
+    let t = record_type(r)
+        .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
+    s.create(t, r).map(|id| ok_result(id, Some(true)))
+}
+
+/// One record of a Collections update (`Id` and `attributes.type` required).
+fn collection_update(s: &mut OrgState, r: &Record) -> Result<SaveResult, SfError> {
+    let t = record_type(r)
+        .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
+    let id = r
+        .get("Id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            err(
+                400,
+                "MISSING_ARGUMENT",
+                "Id not specified in an update call",
+                &[],
+            )
+        })?
+        .to_string();
+    s.update(t, &id, r)
+        .map(|()| ok_result(canonical_id(&id).unwrap_or(id), None))
 }
 
 fn upsert_collection(
@@ -1713,29 +1709,8 @@ async fn h_collection(
         Err(e) => return error_response(&err(400, "JSON_PARSER_ERROR", &e.to_string(), &[])),
     };
     let r = match method {
-        Method::POST => org.collection(b.all_or_none, &b.records, |s, r| {
-            let t = record_type(r)
-                .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
-            s.create(t, r).map(|id| ok_result(id, Some(true)))
-        }),
-        Method::PATCH => org.collection(b.all_or_none, &b.records, |s, r| {
-            let t = record_type(r)
-                .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
-            let id = r
-                .get("Id")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    err(
-                        400,
-                        "MISSING_ARGUMENT",
-                        "Id not specified in an update call",
-                        &[],
-                    )
-                })?
-                .to_string();
-            s.update(t, &id, r)
-                .map(|()| ok_result(canonical_id(&id).unwrap_or(id), None))
-        }),
+        Method::POST => org.collection(b.all_or_none, &b.records, collection_create),
+        Method::PATCH => org.collection(b.all_or_none, &b.records, collection_update),
         _ => return StatusCode::METHOD_NOT_ALLOWED.into_response(),
     };
     reply(r, StatusCode::OK)

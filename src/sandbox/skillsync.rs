@@ -160,17 +160,7 @@ impl Lms {
         let (latency, fault) = {
             let mut s = self.state.lock().unwrap();
             s.requests += 1;
-            let fault = match &mut s.fault {
-                Some((n, f)) => {
-                    let f = *f;
-                    *n -= 1;
-                    if *n == 0 {
-                        s.fault = None;
-                    }
-                    Some(f)
-                }
-                None => None,
-            };
+            let fault = super::take_fault(&mut s.fault);
             (s.latency, fault)
         };
         if !latency.is_zero() {
