@@ -147,12 +147,27 @@ impl Default for StoreSettings {
     }
 }
 
+/// How the Salesforce client gets its OAuth 2.0 token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SalesforceAuth {
+    /// Client credentials flow: `client_id` + `client_secret`.
+    ClientCredentials,
+    /// JWT bearer flow: an RS256 assertion signed with `private_key_path`, for `username`.
+    JwtBearer,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct SalesforceSettings {
     pub login_url: String,
+    pub auth: SalesforceAuth,
     pub client_id: String,
     pub client_secret: Secret,
+    /// JWT bearer: the Salesforce username the token is for (`sub`).
+    pub username: String,
+    /// JWT bearer: PEM file of the connected app's RSA private key.
+    pub private_key_path: String,
     pub api_version: String,
     /// Per-call timeout.
     pub timeout_secs: u64,
@@ -166,8 +181,11 @@ impl Default for SalesforceSettings {
     fn default() -> Self {
         Self {
             login_url: "https://login.salesforce.com".into(),
+            auth: SalesforceAuth::ClientCredentials,
             client_id: String::new(),
             client_secret: Secret::default(),
+            username: String::new(),
+            private_key_path: String::new(),
             api_version: "61.0".into(),
             timeout_secs: 30,
             api_usage_threshold: 0.9,
@@ -422,8 +440,26 @@ impl Settings {
             if self.salesforce.client_id.is_empty() {
                 errs.push("salesforce.client_id is required".into());
             }
-            if self.salesforce.client_secret.is_empty() {
-                errs.push("salesforce.client_secret is required".into());
+            match self.salesforce.auth {
+                SalesforceAuth::ClientCredentials => {
+                    if self.salesforce.client_secret.is_empty() {
+                        errs.push(
+                            "salesforce.client_secret is required (auth = \"client_credentials\")"
+                                .into(),
+                        );
+                    }
+                }
+                SalesforceAuth::JwtBearer => {
+                    if self.salesforce.username.is_empty() {
+                        errs.push("salesforce.username is required (auth = \"jwt_bearer\")".into());
+                    }
+                    if std::fs::metadata(&self.salesforce.private_key_path).is_err() {
+                        errs.push(format!(
+                            "salesforce.private_key_path: cannot read {:?} (auth = \"jwt_bearer\")",
+                            self.salesforce.private_key_path
+                        ));
+                    }
+                }
             }
             if self.skillsync.base_url.is_empty() {
                 errs.push("skillsync.base_url is required".into());
@@ -596,5 +632,40 @@ max_attempts = 8
         )
         .unwrap();
         recv.validate_for(Role::Receive).unwrap();
+    }
+
+    #[test]
+    fn jwt_bearer_needs_a_username_and_a_readable_key() {
+        let mut s = Settings::from_toml(
+            r#"
+[webhooks]
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[salesforce]
+auth = "jwt_bearer"
+client_id = "app"
+private_key_path = "/nonexistent/key.pem"
+[skillsync]
+base_url = "http://ss"
+client_id = "c"
+client_secret = "s"
+[sync]
+source_department_id = "42"
+"#,
+        )
+        .unwrap();
+        let err = s.validate_for(Role::Work).unwrap_err().to_string();
+        assert!(err.contains("salesforce.username is required"), "{err}");
+        assert!(err.contains("salesforce.private_key_path"), "{err}");
+        assert!(
+            !err.contains("client_secret"),
+            "no secret needed for jwt_bearer: {err}"
+        );
+        s.salesforce.username = "u@x".into();
+        s.salesforce.private_key_path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/jwt-test-key.pem"
+        )
+        .into();
+        s.validate_for(Role::Work).unwrap();
     }
 }

@@ -856,3 +856,46 @@ async fn sandbox_wire_format() {
         ]
     );
 }
+
+fn fixture(name: &str) -> String {
+    format!("{}/tests/fixtures/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+/// JWT bearer flow (the option beside client credentials): an RS256 assertion signed with
+/// the connected app's key; a key the org does not trust is refused for good.
+#[tokio::test]
+async fn jwt_bearer_flow_gets_a_token_and_a_wrong_key_is_refused() {
+    let jwt = |key: &str| {
+        let key = fixture(key);
+        move |s: &mut SalesforceSettings| {
+            s.auth = syncback::config::SalesforceAuth::JwtBearer;
+            s.client_secret = Secret::default();
+            s.username = "integration@acme.example".into();
+            s.private_key_path = key;
+        }
+    };
+    let (org, client, _) = setup_with(jwt("jwt-test-key.pem")).await;
+    org.trust_jwt_key(&std::fs::read(fixture("jwt-test-key.pub.pem")).unwrap());
+    client.query("SELECT Id FROM Account").await.unwrap();
+    assert_eq!(client.token_requests(), 1);
+    org.expire_tokens();
+    client.query("SELECT Id FROM Account").await.unwrap();
+    assert_eq!(
+        client.token_requests(),
+        2,
+        "a fresh assertion after INVALID_SESSION_ID"
+    );
+
+    let (org, client, _) = setup_with(jwt("jwt-other-key.pem")).await;
+    org.trust_jwt_key(&std::fs::read(fixture("jwt-test-key.pub.pem")).unwrap());
+    let e = client.query("SELECT Id FROM Account").await.unwrap_err();
+    assert!(!e.is_transient(), "{e}");
+    assert!(e.to_string().contains("invalid_grant"), "{e}");
+
+    let missing = Client::new(&SalesforceSettings {
+        auth: syncback::config::SalesforceAuth::JwtBearer,
+        private_key_path: "/nonexistent.pem".into(),
+        ..Default::default()
+    });
+    assert!(missing.is_err(), "an unreadable key fails at construction");
+}

@@ -24,7 +24,10 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, Describe, Record, SalesforceApi, SaveResult, SfError, UpsertResult};
-use crate::config::SalesforceSettings;
+use crate::config::{SalesforceAuth, SalesforceSettings};
+
+/// The OAuth 2.0 JWT bearer grant type (RFC 7523).
+pub const JWT_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 use crate::telemetry;
 
 /// Records per sObject Collections call (Salesforce's limit).
@@ -40,6 +43,8 @@ struct Inner {
     login_url: String,
     client_id: String,
     client_secret: String,
+    /// JWT bearer flow: the signing key and the user the token is for.
+    jwt: Option<(jsonwebtoken::EncodingKey, String)>,
     api_version: String,
     threshold: f64,
     session: tokio::sync::Mutex<Option<Session>>,
@@ -102,12 +107,39 @@ impl Client {
                     fields: vec![],
                 }],
             })?;
+        let jwt = match settings.auth {
+            SalesforceAuth::ClientCredentials => None,
+            SalesforceAuth::JwtBearer => {
+                let bad = |m: String| SfError::Permanent {
+                    status: 0,
+                    errors: vec![ApiError {
+                        message: m,
+                        error_code: "CLIENT".into(),
+                        fields: vec![],
+                    }],
+                };
+                let pem = std::fs::read(&settings.private_key_path).map_err(|e| {
+                    bad(format!(
+                        "salesforce.private_key_path {:?}: {e}",
+                        settings.private_key_path
+                    ))
+                })?;
+                let key = jsonwebtoken::EncodingKey::from_rsa_pem(&pem).map_err(|e| {
+                    bad(format!(
+                        "salesforce.private_key_path {:?} is not an RSA private key in PEM: {e}",
+                        settings.private_key_path
+                    ))
+                })?;
+                Some((key, settings.username.clone()))
+            }
+        };
         Ok(Client {
             inner: Arc::new(Inner {
                 http,
                 login_url: settings.login_url.trim_end_matches('/').to_string(),
                 client_id: settings.client_id.clone(),
                 client_secret: settings.client_secret.expose().to_string(),
+                jwt,
                 api_version: settings.api_version.trim_start_matches('v').to_string(),
                 threshold: settings.api_usage_threshold,
                 session: tokio::sync::Mutex::new(None),
@@ -137,6 +169,34 @@ impl Client {
         *self.inner.usage.lock().unwrap()
     }
 
+    /// The RS256 assertion of the JWT bearer flow: issued by the connected app
+    /// (`client_id`) for `username`, to the login host, valid three minutes.
+    fn assertion(
+        &self,
+        key: &jsonwebtoken::EncodingKey,
+        username: &str,
+    ) -> Result<String, SfError> {
+        let claims = json!({
+            "iss": self.inner.client_id,
+            "sub": username,
+            "aud": self.inner.login_url,
+            "exp": chrono::Utc::now().timestamp() + 180,
+        });
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256),
+            &claims,
+            key,
+        )
+        .map_err(|e| SfError::Permanent {
+            status: 0,
+            errors: vec![ApiError {
+                message: format!("signing the JWT assertion: {e}"),
+                error_code: "CLIENT".into(),
+                fields: vec![],
+            }],
+        })
+    }
+
     /// A session; `stale` = the generation that just got a 401 (refresh unless another
     /// task already did).
     async fn session(&self, stale: Option<u64>) -> Result<Session, SfError> {
@@ -149,15 +209,22 @@ impl Client {
         let generation = guard.as_ref().map(|s| s.generation + 1).unwrap_or(1);
         self.inner.token_requests.fetch_add(1, Ordering::Relaxed);
         metrics::counter!(telemetry::SF_CALLS, "endpoint" => "POST oauth2/token").increment(1);
+        let form: Vec<(&str, String)> = match &self.inner.jwt {
+            None => vec![
+                ("grant_type", "client_credentials".into()),
+                ("client_id", self.inner.client_id.clone()),
+                ("client_secret", self.inner.client_secret.clone()),
+            ],
+            Some((key, username)) => vec![
+                ("grant_type", JWT_GRANT.into()),
+                ("assertion", self.assertion(key, username)?),
+            ],
+        };
         let resp = self
             .inner
             .http
             .post(format!("{}/services/oauth2/token", self.inner.login_url))
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", self.inner.client_id.as_str()),
-                ("client_secret", self.inner.client_secret.as_str()),
-            ])
+            .form(&form)
             .send()
             .await
             .map_err(transport)?;

@@ -223,6 +223,8 @@ struct OrgState {
     page_size: usize,
     locators: HashMap<String, (Vec<Record>, usize)>,
     counts: BTreeMap<String, u64>,
+    /// Public keys (PEM) of connected apps allowed to use the JWT bearer flow.
+    jwt_keys: Vec<Vec<u8>>,
 }
 
 /// The sandbox org. Clones share state.
@@ -958,6 +960,15 @@ impl Org {
         self.state.lock().unwrap().fault = (n > 0).then_some((n, fault));
     }
 
+    /// Allow the JWT bearer flow for assertions signed by this RSA public key (PEM).
+    pub fn trust_jwt_key(&self, public_pem: &[u8]) {
+        self.state
+            .lock()
+            .unwrap()
+            .jwt_keys
+            .push(public_pem.to_vec());
+    }
+
     /// Invalidate every issued token (the next call gets 401 `INVALID_SESSION_ID`).
     pub fn expire_tokens(&self) {
         self.state.lock().unwrap().tokens.clear();
@@ -1421,6 +1432,23 @@ struct TokenForm {
     client_id: Option<String>,
     client_secret: Option<String>,
     password: Option<String>,
+    assertion: Option<String>,
+}
+
+/// The JWT bearer flow: an RS256 assertion from the sandbox's connected app
+/// (`iss` = [`Org::CLIENT_ID`]), signed by a registered key, not expired.
+fn jwt_ok(org: &Org, assertion: Option<&str>) -> bool {
+    let Some(jwt) = assertion else { return false };
+    let keys = org.state.lock().unwrap().jwt_keys.clone();
+    let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    v.set_issuer(&[Org::CLIENT_ID]);
+    v.validate_aud = false;
+    v.set_required_spec_claims(&["exp", "iss", "sub"]);
+    keys.iter().any(|pem| {
+        jsonwebtoken::DecodingKey::from_rsa_pem(pem)
+            .ok()
+            .is_some_and(|k| jsonwebtoken::decode::<Value>(jwt, &k, &v).is_ok())
+    })
 }
 
 async fn h_token(State(org): State<Org>, headers: HeaderMap, Form(f): Form<TokenForm>) -> Response {
@@ -1430,6 +1458,18 @@ async fn h_token(State(org): State<Org>, headers: HeaderMap, Form(f): Form<Token
                 && f.client_secret.as_deref() == Some(Org::CLIENT_SECRET)
         }
         "password" => f.password.as_deref() == Some(Org::CLIENT_SECRET),
+        crate::salesforce::client::JWT_GRANT => {
+            if !jwt_ok(&org, f.assertion.as_deref()) {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    Json(
+                        json!({"error": "invalid_grant", "error_description": "invalid assertion"}),
+                    ),
+                )
+                    .into_response();
+            }
+            true
+        }
         _ => {
             return (StatusCode::BAD_REQUEST, Json(json!({"error": "unsupported_grant_type", "error_description": "grant type not supported"}))).into_response();
         }
