@@ -237,6 +237,33 @@ impl Worker {
     }
 }
 
+/// Forget processed event ids older than `retention` (R12 duplicate detection), at start
+/// and then hourly, until `shutdown`. Stale-event protection does not depend on them:
+/// entity versions are kept, so a duplicate older than the retention is still skipped
+/// as stale.
+pub fn spawn_retention(
+    store: Arc<dyn crate::store::Store>,
+    retention: Duration,
+    mut shutdown: watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(3600));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            let before = Utc::now()
+                - chrono::Duration::from_std(retention).unwrap_or(chrono::Duration::days(30));
+            match store.prune_processed(before).await {
+                Ok(0) => {}
+                Ok(n) => info!(pruned = n, "forgot processed event ids past the retention"),
+                Err(e) => warn!(error = %e, "pruning processed event ids failed; will retry"),
+            }
+        }
+    })
+}
+
 /// The R2 check: the source department exists in SkillSync (`GET /api/v1/departments/{id}` → 200).
 pub async fn validate_source(
     settings: &crate::config::Settings,

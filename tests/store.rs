@@ -235,3 +235,29 @@ async fn bad_store_urls_are_explained() {
         "an unreachable database is retryable: {err}"
     );
 }
+
+#[tokio::test]
+async fn processed_ids_are_forgotten_after_the_retention() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("ret.db").display());
+    let store = syncback::store::open(&url, 2).await.unwrap();
+    store
+        .commit(&Commit {
+            record: record("evt_old", "L1", OutcomeClass::Applied, "updated"),
+            mark_processed: true,
+            entity: None,
+            learner: None,
+        })
+        .await
+        .unwrap();
+    assert!(store.is_processed("evt_old").await.unwrap());
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = syncback::worker::spawn_retention(store.clone(), Duration::ZERO, rx);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while store.is_processed("evt_old").await.unwrap() {
+        assert!(std::time::Instant::now() < deadline, "not pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    task.await.unwrap();
+}

@@ -40,6 +40,12 @@ async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
+fn retention(settings: &Settings) -> std::time::Duration {
+    std::time::Duration::from_secs(
+        u64::from(settings.store.processed_retention_days.max(1)) * 86_400,
+    )
+}
+
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
     store::open(settings.store.url.expose(), settings.store.max_connections)
         .await
@@ -80,6 +86,7 @@ pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
         let ops = http::ops_router(queue.clone(), Some(store.clone()));
         tokio::spawn(http::serve(listener, ops, wait_true(shutdown.clone())));
     }
+    crate::worker::spawn_retention(store.clone(), retention(&settings), shutdown.clone());
     let worker = Arc::new(Worker::new(engine, queue, settings.worker.clone()));
     worker.run(shutdown).await?;
     info!("worker stopped");
@@ -94,6 +101,7 @@ pub async fn run_all(settings: Settings) -> anyhow::Result<ExitCode> {
         .context("connecting to the broker (queue.url)")?;
     let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
     let shutdown = shutdown_signal();
+    crate::worker::spawn_retention(store.clone(), retention(&settings), shutdown.clone());
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let state = http::AppState::new(&settings, queue, Some(store))?;
