@@ -197,3 +197,70 @@ async fn learner_status_of_an_unknown_learner_says_so() {
     let (code, out) = syncback(args(&cfg, &["learner", "status", "L-unknown"])).await;
     assert_eq!(code, 3, "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_status_shows_link_contact_and_last_events() {
+    use syncback::store::{Commit, EventRecord, LearnerState, LinkState, OutcomeClass};
+    let e = env().await;
+    let cfg = e.config("good.toml", "42", "sandbox-secret", None, "");
+    let store = syncback::store::open(
+        &format!("sqlite://{}", e.dir.path().join("state.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    let now = chrono::Utc::now();
+    for (id, class, code) in [
+        ("evt_a", OutcomeClass::Applied, "created"),
+        ("evt_b", OutcomeClass::Failed, "account_not_found"),
+    ] {
+        store
+            .commit(&Commit {
+                record: EventRecord {
+                    event_id: id.into(),
+                    event_type: "learner.updated".into(),
+                    learner_id: "L1".into(),
+                    occurred_at: now,
+                    class,
+                    code: code.into(),
+                    detail: format!("detail {id}"),
+                    recorded_at: now,
+                },
+                mark_processed: class != OutcomeClass::Failed,
+                entity: None,
+                learner: Some(LearnerState {
+                    learner_id: "L1".into(),
+                    contact_id: Some("0035g0000000001AAA".into()),
+                    link: LinkState::Linked,
+                    account_id: Some("0015g0000000001AAA".into()),
+                    last_outcome: Some(code.into()),
+                    last_error: None,
+                    updated_at: now,
+                }),
+            })
+            .await
+            .unwrap();
+    }
+    drop(store);
+    let (code, out) = syncback(args(&cfg, &["learner", "status", "L1"])).await;
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "linked",
+        "0035g0000000001AAA",
+        "0015g0000000001AAA",
+        "evt_a",
+        "evt_b",
+        "account_not_found",
+    ] {
+        assert!(out.contains(want), "{want} missing from:\n{out}");
+    }
+    assert!(
+        out.find("evt_b").unwrap() < out.find("evt_a").unwrap(),
+        "newest first:\n{out}"
+    );
+    let (code, out) = syncback(args(&cfg, &["learner", "status", "L1", "--json"])).await;
+    assert_eq!(code, 0);
+    let v: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    assert_eq!(v["learner"]["link"], "linked");
+    assert_eq!(v["events"].as_array().unwrap().len(), 2);
+}
