@@ -154,6 +154,12 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// `webhook-{name}` (Standard Webhooks), or `svix-{name}` as sent by Svix-based senders,
+/// which use the same scheme under their own header names.
+fn signed_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    header(headers, &format!("webhook-{name}")).or_else(|| header(headers, &format!("svix-{name}")))
+}
+
 async fn receive_webhook(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -184,11 +190,11 @@ async fn receive_webhook(
     };
 
     // 401: Standard Webhooks signature over the raw body, before anything is parsed.
-    let id = header(&headers, "webhook-id");
+    let id = signed_header(&headers, "id");
     if let Err(e) = s.verifier.verify(
         id,
-        header(&headers, "webhook-timestamp"),
-        header(&headers, "webhook-signature"),
+        signed_header(&headers, "timestamp"),
+        signed_header(&headers, "signature"),
         &raw,
         Utc::now().timestamp(),
     ) {

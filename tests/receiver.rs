@@ -334,6 +334,26 @@ async fn every_rejection_has_its_status_and_a_json_reason() {
         (422, Some("/id"))
     );
 
+    // Svix-based senders use svix-* header names for the same scheme.
+    let svix_body = serde_json::to_vec(&learner_event("evt_svix")).unwrap();
+    let sig = decode_secret(SECRET)
+        .unwrap()
+        .sign("evt_svix", now(), &svix_body);
+    let (st, b) = r
+        .post_raw(
+            &[
+                ("svix-id", "evt_svix".into()),
+                ("svix-timestamp", now().to_string()),
+                ("svix-signature", sig),
+            ],
+            svix_body,
+        )
+        .await;
+    assert_eq!(st, 202, "{b}");
+    assert_eq!(mem.depths().await.unwrap().main, 1);
+    let mut sub = mem.subscribe(1).await.unwrap();
+    sub.next().await.unwrap().unwrap().ack().await.unwrap();
+
     // Nothing above reached the queue.
     assert_eq!(mem.depths().await.unwrap().main, 0);
 
