@@ -399,7 +399,7 @@ fn concurrency_events(seed: u64) -> (Vec<Value>, BTreeMap<String, Value>) {
     for i in 0..200 {
         let id = format!("CL{i:03}");
         let user = format!("user{i}@conc.example");
-        let n = 7;
+        let n = 8;
         for k in 0..n {
             let at =
                 base + chrono::Duration::milliseconds((k * 1000 + rng.gen_range(0..500)) as i64);
@@ -540,7 +540,7 @@ async fn concurrency(store_url: String, store: Arc<dyn Store>, test: &str) {
     );
     let (events, newest) = concurrency_events(7);
     let total = events.len();
-    assert!(total >= 1_700, "{total} deliveries");
+    assert!(total >= 2_000, "{total} deliveries");
     let queue = syncback::queue::connect(&s.queue).await.unwrap();
     let publishes = events.iter().map(|env| {
         let q = queue.clone();
