@@ -264,3 +264,54 @@ async fn learner_status_shows_link_contact_and_last_events() {
     assert_eq!(v["learner"]["link"], "linked");
     assert_eq!(v["events"].as_array().unwrap().len(), 2);
 }
+
+/// `syncback demo` runs the whole flow with nothing but the binary, and its JSON logs carry
+/// the event id and learner id on every line about an event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_walks_through_the_rules_and_logs_event_and_learner_ids() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_syncback"))
+            .args(["--log-format", "json", "demo"])
+            .current_dir(dir.path())
+            .env("RUST_LOG", "info")
+            .env_remove("SYNCBACK_CONFIG")
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    for want in [
+        "created",
+        "linked",
+        "contact_ambiguous",
+        "out_of_scope",
+        "account_not_found",
+        "moved",
+        "duplicate",
+        "stale",
+        "unlinked",
+        "relinked",
+        "deleted",
+        "Salesforce Contacts",
+        "Dead-letter queue (2)",
+    ] {
+        assert!(stdout.contains(want), "demo output lacks {want}:\n{stdout}");
+    }
+    let mut event_lines = 0;
+    for line in stderr.lines().filter(|l| l.starts_with('{')) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        // Lines inside an event's span (process-level lines such as startup have none).
+        if v.get("span").is_some() {
+            event_lines += 1;
+            assert!(
+                v["span"]["event_id"].is_string() && v["span"]["learner_id"].is_string(),
+                "{line}"
+            );
+        }
+    }
+    assert!(event_lines >= 14, "{event_lines} worker log lines");
+}
