@@ -233,7 +233,31 @@ impl Engine {
         let key = format!("learner:{learner_id}");
         let holder = uuid::Uuid::new_v4().to_string();
         self.acquire(&key, &holder).await?;
+        // Keep the lease while the event is applied, however slow Salesforce is: renew it
+        // every third of its TTL (a crashed holder still loses it after one TTL).
+        let renew = {
+            let (store, key, holder, ttl) = (
+                self.store.clone(),
+                key.clone(),
+                holder.clone(),
+                self.lease_ttl,
+            );
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    match store.try_lease(&key, &holder, ttl).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!(key, "lease lost while applying an event");
+                            return;
+                        }
+                        Err(e) => warn!(error = %e, key, "could not renew lease"),
+                    }
+                }
+            })
+        };
         let result = self.handle_leased(env, &learner_id).await;
+        renew.abort();
         if let Err(e) = self.store.release_lease(&key, &holder).await {
             // The lease expires by itself; the outcome is already committed.
             warn!(error = %e, learner_id, "could not release lease");

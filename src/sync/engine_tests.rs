@@ -459,3 +459,51 @@ async fn steady_state_calls_per_event() {
         "one upsert by external id"
     );
 }
+
+/// A slow event keeps its learner's lease past the lease TTL (renewed while applied), so
+/// no other worker can apply the same learner meanwhile.
+#[tokio::test]
+async fn lease_is_renewed_while_a_slow_event_is_applied() {
+    let t = setup(|_, _| {}).await;
+    let ttl = Duration::from_millis(300);
+    let scope = Arc::new(ScopeResolver::new(
+        Arc::new(t.lms.clone()),
+        "42",
+        Scope::WithSubdepartments,
+        Duration::from_secs(60),
+    ));
+    let settings = SyncSettings {
+        enabled: true,
+        source_department_id: "42".into(),
+        ..Default::default()
+    };
+    let engine = Arc::new(Engine::new(
+        settings,
+        Arc::new(t.org.clone()),
+        Arc::new(t.lms.clone()),
+        scope,
+        t.store.clone(),
+        Duration::from_secs(60),
+        ttl,
+    ));
+    t.org.set_latency(Duration::from_millis(400)); // each call outlives the TTL
+    let env = t.env("slow", "learner.created", 1, json!({"learner": learner("L1", "a@x.example", ("42", "Engineering"), "active", json!({}))}));
+    let e2 = engine.clone();
+    let task = tokio::spawn(async move { e2.handle(&env).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(
+        !t.store
+            .try_lease("learner:L1", "intruder", ttl)
+            .await
+            .unwrap(),
+        "the lease must still be held after twice its TTL"
+    );
+    assert_eq!(task.await.unwrap().unwrap().code, "created");
+    assert!(
+        t.store
+            .try_lease("learner:L1", "intruder", ttl)
+            .await
+            .unwrap(),
+        "released after the event"
+    );
+}
