@@ -31,6 +31,26 @@ pub const SF_API_LIMIT: &str = "syncback_salesforce_api_limit";
 pub const SS_CALLS: &str = "syncback_skillsync_calls_total";
 /// Queue depths, label `queue` (`main`/`retry`/`dead`).
 pub const QUEUE_DEPTH: &str = "syncback_queue_depth";
+/// Age (receipt → now) of the last message a worker took off the queue: how far behind
+/// the head of the queue is.
+pub const QUEUE_AGE_SECONDS: &str = "syncback_queue_age_seconds";
+
+/// Every metric the service exports (the dashboard and docs are checked against this).
+pub const ALL: &[&str] = &[
+    RECEIVED,
+    REJECTED,
+    PUBLISH_SECONDS,
+    EVENTS,
+    EVENT_LAG_SECONDS,
+    PROCESSING_SECONDS,
+    RETRIES,
+    SF_CALLS,
+    SF_API_USAGE,
+    SF_API_LIMIT,
+    SS_CALLS,
+    QUEUE_DEPTH,
+    QUEUE_AGE_SECONDS,
+];
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();
 

@@ -105,6 +105,8 @@ impl Worker {
         let span = info_span!("event", event_id = %msg.webhook_id, event_type = %event_type, learner_id = tracing::field::Empty, attempt = meta.attempts + 1);
         async move {
             let started = Instant::now();
+            let age = (Utc::now() - msg.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!(telemetry::QUEUE_AGE_SECONDS).set(age);
             let env: Envelope = match serde_json::from_value(msg.envelope.clone()) {
                 Ok(e) => e,
                 Err(e) => {

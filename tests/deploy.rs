@@ -242,7 +242,6 @@ fn keda_scales_the_worker_deployment_on_the_events_queue() {
 
 #[test]
 fn grafana_dashboard_charts_every_metric_the_code_exports() {
-    use syncback::telemetry::*;
     let dash: Value =
         serde_json::from_str(&read("deploy/grafana/syncback-dashboard.json")).unwrap();
     let exprs: Vec<String> = dash["panels"]
@@ -257,22 +256,11 @@ fn grafana_dashboard_charts_every_metric_the_code_exports() {
                 .map(|t| t["expr"].as_str().unwrap().to_string())
         })
         .collect();
-    let all = [
-        RECEIVED,
-        REJECTED,
-        PUBLISH_SECONDS,
-        EVENTS,
-        EVENT_LAG_SECONDS,
-        PROCESSING_SECONDS,
-        RETRIES,
-        SF_CALLS,
-        SF_API_USAGE,
-        SF_API_LIMIT,
-        SS_CALLS,
-        QUEUE_DEPTH,
-    ];
-    for m in all {
+    let all = syncback::telemetry::ALL;
+    let readme = read("README.md");
+    for &m in all {
         assert!(exprs.iter().any(|e| e.contains(m)), "no panel for {m}");
+        assert!(readme.contains(m), "README does not document {m}");
     }
     // And no panel queries a metric that does not exist.
     for e in &exprs {
