@@ -135,6 +135,8 @@ pub struct StoreSettings {
     pub max_connections: u32,
     /// How long processed event ids are kept for duplicate detection (R12).
     pub processed_retention_days: u32,
+    /// How long per-event outcome history (`learner status`) is kept.
+    pub history_retention_days: u32,
 }
 
 impl Default for StoreSettings {
@@ -143,6 +145,7 @@ impl Default for StoreSettings {
             url: Secret::new("sqlite://syncback.db"),
             max_connections: 10,
             processed_retention_days: 30,
+            history_retention_days: 90,
         }
     }
 }

@@ -239,13 +239,14 @@ impl Worker {
     }
 }
 
-/// Forget processed event ids older than `retention` (R12 duplicate detection), at start
-/// and then hourly, until `shutdown`. Stale-event protection does not depend on them:
+/// Forget processed event ids older than `retention` (R12 duplicate detection) and outcome
+/// history older than `history_retention`, at start and then hourly, until `shutdown`. Stale-event protection does not depend on them:
 /// entity versions are kept, so a duplicate older than the retention is still skipped
 /// as stale.
 pub fn spawn_retention(
     store: Arc<dyn crate::store::Store>,
     retention: Duration,
+    history_retention: Duration,
     mut shutdown: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
@@ -261,6 +262,14 @@ pub fn spawn_retention(
                 Ok(0) => {}
                 Ok(n) => info!(pruned = n, "forgot processed event ids past the retention"),
                 Err(e) => warn!(error = %e, "pruning processed event ids failed; will retry"),
+            }
+            let before = Utc::now()
+                - chrono::Duration::from_std(history_retention)
+                    .unwrap_or(chrono::Duration::days(90));
+            match store.prune_history(before).await {
+                Ok(0) => {}
+                Ok(n) => info!(pruned = n, "forgot outcome history past the retention"),
+                Err(e) => warn!(error = %e, "pruning outcome history failed; will retry"),
             }
         }
     })

@@ -252,10 +252,15 @@ async fn processed_ids_are_forgotten_after_the_retention() {
         .unwrap();
     assert!(store.is_processed("evt_old").await.unwrap());
     let (stop, rx) = tokio::sync::watch::channel(false);
-    let task = syncback::worker::spawn_retention(store.clone(), Duration::ZERO, rx);
+    let task = syncback::worker::spawn_retention(store.clone(), Duration::ZERO, Duration::ZERO, rx);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while store.is_processed("evt_old").await.unwrap() {
         assert!(std::time::Instant::now() < deadline, "not pruned");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !store.history("L1", 10).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "history not pruned");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.send(true).unwrap();

@@ -40,10 +40,9 @@ async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
-fn retention(settings: &Settings) -> std::time::Duration {
-    std::time::Duration::from_secs(
-        u64::from(settings.store.processed_retention_days.max(1)) * 86_400,
-    )
+/// `n` days (at least one) as a duration.
+fn days(n: u32) -> std::time::Duration {
+    std::time::Duration::from_secs(u64::from(n.max(1)) * 86_400)
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
@@ -86,7 +85,12 @@ pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
         let ops = http::ops_router(queue.clone(), Some(store.clone()));
         tokio::spawn(http::serve(listener, ops, wait_true(shutdown.clone())));
     }
-    crate::worker::spawn_retention(store.clone(), retention(&settings), shutdown.clone());
+    crate::worker::spawn_retention(
+        store.clone(),
+        days(settings.store.processed_retention_days),
+        days(settings.store.history_retention_days),
+        shutdown.clone(),
+    );
     let worker = Arc::new(Worker::new(engine, queue, settings.worker.clone()));
     worker.run(shutdown).await?;
     info!("worker stopped");
@@ -101,7 +105,12 @@ pub async fn run_all(settings: Settings) -> anyhow::Result<ExitCode> {
         .context("connecting to the broker (queue.url)")?;
     let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
     let shutdown = shutdown_signal();
-    crate::worker::spawn_retention(store.clone(), retention(&settings), shutdown.clone());
+    crate::worker::spawn_retention(
+        store.clone(),
+        days(settings.store.processed_retention_days),
+        days(settings.store.history_retention_days),
+        shutdown.clone(),
+    );
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let state = http::AppState::new(&settings, queue, Some(store))?;

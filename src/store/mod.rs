@@ -173,6 +173,8 @@ pub trait Store: Send + Sync + 'static {
     async fn history(&self, learner_id: &str, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
     /// Forget processed ids recorded before `before`; returns how many.
     async fn prune_processed(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+    /// Forget outcome history recorded before `before`; returns how many.
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError>;
     async fn set_checkpoint(&self, name: &str, value: Option<&str>) -> Result<(), StoreError>;

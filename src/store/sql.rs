@@ -17,16 +17,30 @@ use super::{
 use crate::model::EntityKind;
 
 /// Migrations compiled into the binary: (version, description, SQL) per backend.
-const PG_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/postgres/0001_init.sql"),
-)];
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "init",
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-)];
+const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/postgres/0001_init.sql"),
+    ),
+    (
+        2,
+        "history retention",
+        include_str!("../../migrations/postgres/0002_history_retention.sql"),
+    ),
+];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "init",
+        include_str!("../../migrations/sqlite/0001_init.sql"),
+    ),
+    (
+        2,
+        "history retention",
+        include_str!("../../migrations/sqlite/0002_history_retention.sql"),
+    ),
+];
 
 /// A [`sqlx::migrate::MigrationSource`] over embedded SQL (no files needed at run time,
 /// no proc-macro build of a second sqlx).
@@ -448,6 +462,15 @@ impl Store for SqlStore {
 
     async fn prune_processed(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
         let done = sqlx::query("DELETE FROM processed_events WHERE processed_at < $1")
+            .bind(micros(before))
+            .execute(&self.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+        let done = sqlx::query("DELETE FROM event_outcomes WHERE recorded_at < $1")
             .bind(micros(before))
             .execute(&self.pool)
             .await
