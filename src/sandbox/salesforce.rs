@@ -220,6 +220,8 @@ struct OrgState {
     latency: Duration,
     api_limit: u64,
     api_used: u64,
+    /// The UTC day `api_used` counts (Salesforce's limit is per 24 hours).
+    api_day: Option<chrono::NaiveDate>,
     page_size: usize,
     locators: HashMap<String, (Vec<Record>, usize)>,
     counts: BTreeMap<String, u64>,
@@ -993,6 +995,11 @@ impl Org {
         let (latency, fault) = {
             let mut s = self.state.lock().unwrap();
             *s.counts.entry(endpoint).or_default() += 1;
+            let today = Utc::now().date_naive();
+            if s.api_day != Some(today) {
+                s.api_day = Some(today);
+                s.api_used = 0;
+            }
             s.api_used += 1;
             let fault = super::take_fault(&mut s.fault);
             (s.latency, fault)
