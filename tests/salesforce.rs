@@ -899,3 +899,38 @@ async fn jwt_bearer_flow_gets_a_token_and_a_wrong_key_is_refused() {
     });
     assert!(missing.is_err(), "an unreadable key fails at construction");
 }
+
+/// Orgs on old API versions answer an upsert that updates with 204 and no body: the client
+/// reads the record's id by its external id (one extra call) so callers always get it.
+#[tokio::test]
+async fn upsert_answered_204_still_yields_the_record_id() {
+    let (org, client, _) = setup().await;
+    org.set_legacy_upsert(true);
+    let created = client
+        .upsert(
+            "Contact",
+            "SkillSync_User_Id__c",
+            "L-204",
+            &rec(json!({"LastName": "A"})),
+        )
+        .await
+        .unwrap();
+    assert!(created.created);
+    let updated = client
+        .upsert(
+            "Contact",
+            "SkillSync_User_Id__c",
+            "L-204",
+            &rec(json!({"LastName": "B"})),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (updated.created, updated.id.as_str()),
+        (false, created.id.as_str())
+    );
+    assert_eq!(
+        calls(&client, "GET sobjects/Contact/SkillSync_User_Id__c"),
+        1
+    );
+}

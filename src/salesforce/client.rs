@@ -626,10 +626,32 @@ impl SalesforceApi for Client {
         if status == 300 {
             return Err(multiple_matches(&v));
         }
-        // 201 created / 200 updated, both with `{id, success, errors, created}`. An older
-        // API version answers an update with 204 and no body: updated, id unknown (empty)
-        // — we do not spend a call fetching it.
-        let id = v["id"].as_str().map(String::from).unwrap_or_default();
+        // 201 created / 200 updated, both with `{id, success, errors, created}`. Older API
+        // versions answer an update with 204 and no body: the caller needs the id (it is
+        // the Contact the learner is linked to), so read it by the external id — one more
+        // call, only on such orgs.
+        let id = match v["id"].as_str() {
+            Some(id) if !id.is_empty() => id.to_string(),
+            _ => {
+                let (_, r) = self
+                    .call(
+                        Method::GET,
+                        &format!("GET sobjects/{sobject}/{ext_field}"),
+                        &format!(
+                            "sobjects/{}/{}/{}?fields=Id",
+                            enc(sobject),
+                            enc(ext_field),
+                            enc(ext_id)
+                        ),
+                        None,
+                    )
+                    .await?;
+                r["Id"]
+                    .as_str()
+                    .map(String::from)
+                    .ok_or(SfError::NotFound)?
+            }
+        };
         Ok(UpsertResult {
             id,
             created: status == 201,

@@ -220,6 +220,8 @@ struct OrgState {
     latency: Duration,
     api_limit: u64,
     api_used: u64,
+    /// Answer upsert-updates like API versions before 46.0: 204, no body.
+    legacy_upsert: bool,
     /// The UTC day `api_used` counts (Salesforce's limit is per 24 hours).
     api_day: Option<chrono::NaiveDate>,
     page_size: usize,
@@ -962,6 +964,12 @@ impl Org {
         self.state.lock().unwrap().fault = (n > 0).then_some((n, fault));
     }
 
+    /// Answer an upsert that updates with `204 No Content` and no body, as API versions
+    /// before 46.0 do.
+    pub fn set_legacy_upsert(&self, on: bool) {
+        self.state.lock().unwrap().legacy_upsert = on;
+    }
+
     /// Allow the JWT bearer flow for assertions signed by this RSA public key (PEM).
     pub fn trust_jwt_key(&self, public_pem: &[u8]) {
         self.state
@@ -1676,6 +1684,7 @@ async fn h_external(
     match method {
         Method::PATCH => {
             match body_record(&body).and_then(|rec| s.upsert(&t, &field, &value, &rec)) {
+                Ok(u) if !u.created && s.legacy_upsert => StatusCode::NO_CONTENT.into_response(),
                 Ok(u) => {
                     let status = if u.created {
                         StatusCode::CREATED
