@@ -62,6 +62,24 @@ fn transport(e: reqwest::Error) -> SsError {
     })
 }
 
+/// A single resource may come bare (`{"id": …}`) or wrapped in one key
+/// (`{"learner": {"id": …}}`, `{"data": {…}}`), as the webhook payloads are: accept both.
+fn unwrap_single(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(mut m)
+            if !m.contains_key("id") && !m.contains_key("items") && m.len() == 1 =>
+        {
+            let (_, inner) = m.iter_mut().next().expect("one key");
+            if inner.get("id").is_some() {
+                inner.take()
+            } else {
+                serde_json::Value::Object(m)
+            }
+        }
+        other => other,
+    }
+}
+
 impl Client {
     pub fn new(settings: &SkillSyncSettings) -> Result<Client, SsError> {
         if settings.base_url.is_empty() {
@@ -160,9 +178,14 @@ impl Client {
             tracing::debug!(endpoint, status = status.as_u16(), "skillsync call");
             match status.as_u16() {
                 200..=299 => {
-                    return resp.json::<T>().await.map(Some).map_err(|e| {
+                    let v: serde_json::Value = resp.json().await.map_err(|e| {
                         SsError::Permanent(format!("{endpoint}: unreadable body: {e}"))
-                    })
+                    })?;
+                    return serde_json::from_value::<T>(unwrap_single(v))
+                        .map(Some)
+                        .map_err(|e| {
+                            SsError::Permanent(format!("{endpoint}: unexpected body: {e}"))
+                        });
                 }
                 404 => return Ok(None),
                 401 if !fresh => fresh = true,
@@ -266,5 +289,25 @@ impl SkillSyncApi for Client {
             &format!("/api/v1/learners/{}/certifications", enc(learner_id)),
         )
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unwrap_single;
+    use serde_json::json;
+
+    #[test]
+    fn single_resources_may_be_wrapped() {
+        assert_eq!(
+            unwrap_single(json!({"id": "1", "name": "x"})),
+            json!({"id": "1", "name": "x"})
+        );
+        assert_eq!(
+            unwrap_single(json!({"learner": {"id": "1"}})),
+            json!({"id": "1"})
+        );
+        assert_eq!(unwrap_single(json!({"data": {"id": 7}})), json!({"id": 7}));
+        assert_eq!(unwrap_single(json!({"items": []})), json!({"items": []}));
     }
 }
