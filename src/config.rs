@@ -372,7 +372,12 @@ impl Settings {
     pub fn figment(path: &Path) -> Figment {
         Figment::from(Serialized::defaults(Settings::default()))
             .merge(Toml::file(path))
-            .merge(Env::prefixed("SYNCBACK_").split("__"))
+            // SYNCBACK_CONFIG names the file (the CLI's --config), it is not a key.
+            .merge(
+                Env::prefixed("SYNCBACK_")
+                    .filter(|k| k != "config")
+                    .split("__"),
+            )
     }
 
     /// Parse settings from a TOML string (tests, demo).
@@ -670,5 +675,22 @@ source_department_id = "42"
         )
         .into();
         s.validate_for(Role::Work).unwrap();
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature
+    fn syncback_config_names_the_file_and_is_not_a_key() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file(
+                "s.toml",
+                "[webhooks]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+            )?;
+            jail.set_env("SYNCBACK_CONFIG", "s.toml");
+            jail.set_env("SYNCBACK_WORKER__CONCURRENCY", "3");
+            let s = Settings::load(Path::new("s.toml"), true).map_err(|e| e.to_string())?;
+            assert_eq!(s.worker.concurrency, 3);
+            assert_eq!(s.webhooks.secrets.len(), 1);
+            Ok(())
+        });
     }
 }
