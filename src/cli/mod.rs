@@ -221,6 +221,12 @@ fn load(cli: &Cli) -> anyhow::Result<Settings> {
     let explicit = std::env::args()
         .any(|a| a == "--config" || a == "-c" || a.starts_with("--config="))
         || std::env::var_os("SYNCBACK_CONFIG").is_some();
+    if !explicit && !cli.config.exists() {
+        eprintln!(
+            "note: no {} here; using defaults and SYNCBACK_* environment variables (see deploy/syncback.example.toml)",
+            cli.config.display()
+        );
+    }
     let mut s = Settings::load(&cli.config, explicit)?;
     if let Some(f) = cli.log_format {
         s.log.format = match f {
