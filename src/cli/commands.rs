@@ -289,15 +289,49 @@ pub async fn config_check(
 }
 
 pub async fn sandbox(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
-    let (name, addr) = match &cmd {
-        SandboxCmd::Salesforce { listen } => ("Salesforce", listen.parse()?),
-        SandboxCmd::Skillsync { listen } => ("SkillSync", listen.parse()?),
+    let (handle, seeded) = match cmd {
+        SandboxCmd::Salesforce { listen, empty } => {
+            let org = crate::sandbox::salesforce::Org::new();
+            let mut seeded = String::new();
+            if !empty {
+                for name in ["Engineering", "Sales", "Prospects"] {
+                    let mut r = crate::salesforce::Record::new();
+                    r.insert("Name".into(), serde_json::json!(name));
+                    let id = org
+                        .insert("Account", r)
+                        .map_err(|e| anyhow::anyhow!("{e}"))?;
+                    seeded.push_str(&format!("\n  Account {id} {name}"));
+                }
+            }
+            let (b, h) = org.serve(listen.parse()?).await?;
+            println!("Salesforce sandbox on http://{b} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
+            (h, seeded)
+        }
+        SandboxCmd::Skillsync { listen, empty } => {
+            let lms = crate::sandbox::skillsync::Lms::new();
+            let mut seeded = String::new();
+            if !empty {
+                for (id, name, parent) in [
+                    ("42", "Engineering", None),
+                    ("43", "Sales", Some("42")),
+                    ("44", "Research", Some("42")),
+                    ("99", "Outside", None),
+                ] {
+                    lms.add_department(id, name, parent);
+                    seeded.push_str(&format!(
+                        "\n  department {id} {name}{}",
+                        parent.map(|p| format!(" (in {p})")).unwrap_or_default()
+                    ));
+                }
+            }
+            let (b, h) = lms.serve(listen.parse()?).await?;
+            println!("SkillSync sandbox on http://{b} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
+            (h, seeded)
+        }
     };
-    let (bound, handle) = match cmd {
-        SandboxCmd::Salesforce { .. } => crate::sandbox::salesforce::Org::new().serve(addr).await?,
-        SandboxCmd::Skillsync { .. } => crate::sandbox::skillsync::Lms::new().serve(addr).await?,
-    };
-    println!("{name} sandbox on http://{bound} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
+    if !seeded.is_empty() {
+        println!("seeded (--empty to start without):{seeded}");
+    }
     wait_true(shutdown_signal()).await;
     handle.abort();
     Ok(ExitCode::SUCCESS)

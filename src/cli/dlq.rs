@@ -15,6 +15,12 @@ pub async fn run(settings: Settings, cmd: DlqCmd) -> anyhow::Result<ExitCode> {
     let q = queue::connect(&settings.queue)
         .await
         .context("connecting to the broker (queue.url)")?;
+    let result = command(q.as_ref(), cmd).await;
+    q.close().await;
+    result
+}
+
+async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> {
     match cmd {
         DlqCmd::List(a) => {
             let filter = DlqFilter {

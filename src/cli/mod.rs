@@ -186,11 +186,17 @@ pub enum SandboxCmd {
     Salesforce {
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
+        /// Start without the sample Accounts (Engineering, Sales, Prospects).
+        #[arg(long)]
+        empty: bool,
     },
     /// Serve the SkillSync sandbox (credentials sandbox-client / sandbox-secret).
     Skillsync {
         #[arg(long, default_value = "127.0.0.1:8082")]
         listen: String,
+        /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research; 99 Outside).
+        #[arg(long)]
+        empty: bool,
     },
 }
 

@@ -124,6 +124,8 @@ pub trait Queue: Send + Sync + 'static {
     ) -> Result<u64, QueueError>;
     /// Remove matching dead letters. Returns the count.
     async fn dlq_purge(&self, filter: &DlqFilter) -> Result<u64, QueueError>;
+    /// Close connections cleanly (end of a command, shutdown).
+    async fn close(&self) {}
 }
 
 #[async_trait]

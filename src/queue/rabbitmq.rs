@@ -619,6 +619,12 @@ impl Queue for RabbitQueue {
         Ok(n)
     }
 
+    async fn close(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = link.conn.close(200, "bye").await;
+        }
+    }
+
     async fn dlq_purge(&self, filter: &DlqFilter) -> Result<u64, QueueError> {
         if filter.id.is_none() && filter.reason.is_none() && filter.event_type.is_none() {
             let link = self.link().await?;
