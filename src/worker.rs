@@ -94,6 +94,7 @@ impl Worker {
                 "shutdown grace of {grace:?} elapsed; unsettled deliveries will be redelivered"
             ),
         }
+        sub.close().await;
         Ok(())
     }
 

@@ -59,12 +59,13 @@ pub async fn receive(settings: Settings) -> anyhow::Result<ExitCode> {
     let queue = queue::connect(&settings.queue)
         .await
         .context("connecting to the broker (queue.url)")?;
-    let state = http::AppState::new(&settings, queue, None)?;
+    let state = http::AppState::new(&settings, queue.clone(), None)?;
     let listener = TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
     info!(listen = %settings.server.listen, "receiver listening on POST /webhooks/skillsync");
     http::serve(listener, http::router(state), wait_true(shutdown_signal())).await?;
+    queue.close().await;
     info!("receiver stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -91,8 +92,9 @@ pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
         days(settings.store.history_retention_days),
         shutdown.clone(),
     );
-    let worker = Arc::new(Worker::new(engine, queue, settings.worker.clone()));
+    let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     worker.run(shutdown).await?;
+    queue.close().await;
     info!("worker stopped");
     Ok(ExitCode::SUCCESS)
 }
@@ -113,13 +115,14 @@ pub async fn run_all(settings: Settings) -> anyhow::Result<ExitCode> {
     );
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    let state = http::AppState::new(&settings, queue, Some(store))?;
+    let state = http::AppState::new(&settings, queue.clone(), Some(store))?;
     let listener = TcpListener::bind(&settings.server.listen)
         .await
         .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
     info!(listen = %settings.server.listen, "receiver + workers running");
     http::serve(listener, http::router(state), wait_true(shutdown)).await?;
     worker_task.await??;
+    queue.close().await;
     info!("stopped");
     Ok(ExitCode::SUCCESS)
 }

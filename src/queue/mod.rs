@@ -134,6 +134,9 @@ pub trait Subscription: Send {
     async fn next(&mut self) -> Option<Result<Box<dyn Delivery>, QueueError>>;
     /// Stop receiving new deliveries (graceful shutdown); in-flight ones can still be settled.
     async fn cancel(&mut self) -> Result<(), QueueError>;
+    /// Close the subscription's connection once every delivery is settled; unsettled
+    /// deliveries go back to the queue.
+    async fn close(&mut self) {}
 }
 
 #[async_trait]

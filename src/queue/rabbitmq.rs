@@ -758,6 +758,13 @@ impl Subscription for RabbitSubscription {
         }
     }
 
+    async fn close(&mut self) {
+        self.cancelled = true;
+        if let Some(st) = self.state.take() {
+            let _ = st.link.conn.close(200, "worker stopping").await;
+        }
+    }
+
     async fn cancel(&mut self) -> Result<(), QueueError> {
         self.cancelled = true;
         if let Some(st) = &self.state {
