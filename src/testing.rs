@@ -44,13 +44,40 @@ pub fn postgres() -> Option<String> {
 }
 
 /// A fresh, uniquely named PostgreSQL database for one test; returns its URL.
+///
+/// Names carry the creating process id; the first call in a process drops the test
+/// databases of processes that are gone, so repeated runs do not pile them up.
 pub async fn fresh_postgres_db() -> Option<String> {
     use sqlx::Connection;
+    static CLEANED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     let admin = postgres()?;
-    let name = format!("syncback_test_{}", uuid::Uuid::new_v4().simple());
     let mut conn = sqlx::PgConnection::connect(&admin)
         .await
         .expect("connect to PostgreSQL");
+    if !CLEANED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        let names: Vec<(String,)> =
+            sqlx::query_as("SELECT datname FROM pg_database WHERE datname LIKE 'syncback_test_%'")
+                .fetch_all(&mut conn)
+                .await
+                .unwrap_or_default();
+        for (name,) in names {
+            let owner_alive = name
+                .strip_prefix("syncback_test_p")
+                .and_then(|rest| rest.split('_').next())
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists());
+            if !owner_alive {
+                let _ = sqlx::query(&format!("DROP DATABASE IF EXISTS {name}"))
+                    .execute(&mut conn)
+                    .await;
+            }
+        }
+    }
+    let name = format!(
+        "syncback_test_p{}_{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
     sqlx::query(&format!("CREATE DATABASE {name}"))
         .execute(&mut conn)
         .await
