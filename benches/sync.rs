@@ -5,7 +5,8 @@
 //! Baseline in the same run: the same measurements with the Account cache disabled
 //! (TTL 0), i.e. what every event costs without the caching.
 //!
-//! cargo bench --bench sync -- [--events N] [--learners N] [--concurrency N] [--postgres URL]
+//! cargo bench --bench sync -- [--events N] [--learners N] [--concurrency N] [--postgres]
+//! (`--postgres`: a fresh database per run on the local PostgreSQL instead of SQLite)
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ struct Args {
     events: usize,
     learners: usize,
     concurrency: usize,
-    postgres: Option<String>,
+    postgres: bool,
 }
 
 fn args() -> Args {
@@ -36,7 +37,7 @@ fn args() -> Args {
         events: 4000,
         learners: 400,
         concurrency: 8,
-        postgres: None,
+        postgres: false,
     };
     let v: Vec<String> = std::env::args().collect();
     let mut i = 1;
@@ -46,7 +47,11 @@ fn args() -> Args {
             "--events" => a.events = next.parse().expect("--events N"),
             "--learners" => a.learners = next.parse().expect("--learners N"),
             "--concurrency" => a.concurrency = next.parse().expect("--concurrency N"),
-            "--postgres" => a.postgres = Some(next),
+            "--postgres" => {
+                a.postgres = true;
+                i += 1;
+                continue;
+            }
             _ => {
                 i += 1;
                 continue;
@@ -381,21 +386,31 @@ async fn throughput(
 async fn main() {
     let a = args();
     let dir = tempfile::tempdir().unwrap();
-    let store_url = |name: &str| match &a.postgres {
-        Some(u) => u.clone(),
-        None => format!("sqlite://{}", dir.path().join(name).display()),
+    let pg = a.postgres;
+    let store_url = |name: &str| {
+        let sqlite = format!("sqlite://{}", dir.path().join(name).display());
+        async move {
+            if pg {
+                syncback::testing::fresh_postgres_db()
+                    .await
+                    .expect("PostgreSQL on 127.0.0.1:5432")
+            } else {
+                sqlite
+            }
+        }
     };
     println!(
         "syncback sync benchmark — {} learners, store {}",
         a.learners,
-        if a.postgres.is_some() {
-            "PostgreSQL"
-        } else {
-            "SQLite"
-        }
+        if a.postgres { "PostgreSQL" } else { "SQLite" }
     );
-    let cached = per_type(Duration::from_secs(300), &store_url("a.db"), a.learners).await;
-    let uncached = per_type(Duration::ZERO, &store_url("b.db"), a.learners).await;
+    let cached = per_type(
+        Duration::from_secs(300),
+        &store_url("a.db").await,
+        a.learners,
+    )
+    .await;
+    let uncached = per_type(Duration::ZERO, &store_url("b.db").await, a.learners).await;
     println!("\nSalesforce calls per event (warm token and department tree)");
     println!(
         "{:<44} {:>12} {:>22}",
@@ -406,7 +421,7 @@ async fn main() {
     }
     for conc in [1, a.concurrency] {
         let (eps, secs, calls) = throughput(
-            &store_url(&format!("t{conc}.db")),
+            &store_url(&format!("t{conc}.db")).await,
             a.learners,
             a.events,
             conc,
