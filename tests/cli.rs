@@ -12,6 +12,8 @@ struct Env {
     dir: tempfile::TempDir,
     sf: String,
     ss: String,
+    org: Org,
+    lms: Lms,
 }
 
 async fn env() -> Env {
@@ -24,6 +26,8 @@ async fn env() -> Env {
         dir: tempfile::tempdir().unwrap(),
         sf: format!("http://{sf}"),
         ss: format!("http://{ss}"),
+        org,
+        lms,
     }
 }
 
@@ -314,4 +318,43 @@ async fn demo_walks_through_the_rules_and_logs_event_and_learner_ids() {
         }
     }
     assert!(event_lines >= 14, "{event_lines} worker log lines");
+}
+
+/// `syncback backfill --dry-run` prints the plan and writes nothing; `backfill` syncs and
+/// prints the summary; a failure in the plan makes the exit code 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_command_plans_then_syncs() {
+    let e = env().await;
+    let mut acct = syncback::salesforce::Record::new();
+    acct.insert("Name".into(), serde_json::json!("Engineering"));
+    e.org.insert("Account", acct).unwrap();
+    e.lms.add_department("43", "Nowhere", Some("42"));
+    for i in 0..5 {
+        let dept = if i == 4 {
+            ("43", "Nowhere")
+        } else {
+            ("42", "Engineering")
+        };
+        e.lms.upsert_learner(
+            serde_json::from_value(serde_json::json!({"id": format!("BF{i}"), "username": format!("bf{i}@cli.example"),
+                "last_name": "L", "department_id": dept.0, "department_name": dept.1, "status": "active",
+                "updated_at": "2026-11-24T10:00:00Z"}))
+            .unwrap(),
+        );
+    }
+    let cfg = e.config("good.toml", "42", "sandbox-secret", None, "");
+    let (code, out) = syncback(args(&cfg, &["backfill", "--dry-run"])).await;
+    assert_eq!(code, 2, "a planned failure is reported: {out}");
+    assert!(
+        out.contains("DRY RUN") && out.contains("account_not_found"),
+        "{out}"
+    );
+    assert!(
+        e.org.records("Contact").is_empty(),
+        "dry run writes nothing"
+    );
+    let (code, out) = syncback(args(&cfg, &["backfill"])).await;
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("created        4"), "{out}");
+    assert_eq!(e.org.records("Contact").len(), 4);
 }
