@@ -1047,6 +1047,22 @@ impl Org {
         format!("api-usage={}/{}", s.api_used, s.api_limit)
     }
 
+    /// A Collections call in-process: one counted call per 200 items.
+    async fn chunked<T>(
+        &self,
+        endpoint: &str,
+        items: &[T],
+        all_or_none: bool,
+        op: impl Fn(&mut OrgState, &T) -> Result<SaveResult, SfError> + Copy,
+    ) -> Result<Vec<SaveResult>, SfError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(200) {
+            self.enter(endpoint.to_string()).await?;
+            out.extend(self.collection(all_or_none, chunk, op)?);
+        }
+        Ok(out)
+    }
+
     fn collection<T>(
         &self,
         all_or_none: bool,
@@ -1192,24 +1208,26 @@ impl SalesforceApi for Org {
         records: &[Record],
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>, SfError> {
-        let mut out = Vec::new();
-        for chunk in records.chunks(200) {
-            self.enter("POST composite/sobjects".into()).await?;
-            out.extend(self.collection(all_or_none, chunk, collection_create)?);
-        }
-        Ok(out)
+        self.chunked(
+            "POST composite/sobjects",
+            records,
+            all_or_none,
+            collection_create,
+        )
+        .await
     }
     async fn update_many(
         &self,
         records: &[Record],
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>, SfError> {
-        let mut out = Vec::new();
-        for chunk in records.chunks(200) {
-            self.enter("PATCH composite/sobjects".into()).await?;
-            out.extend(self.collection(all_or_none, chunk, collection_update)?);
-        }
-        Ok(out)
+        self.chunked(
+            "PATCH composite/sobjects",
+            records,
+            all_or_none,
+            collection_update,
+        )
+        .await
     }
     async fn upsert_many(
         &self,
@@ -1218,33 +1236,21 @@ impl SalesforceApi for Org {
         records: &[Record],
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>, SfError> {
-        let mut out = Vec::new();
-        for chunk in records.chunks(200) {
-            self.enter(format!("PATCH composite/sobjects/{sobject}/{ext_field}"))
-                .await?;
-            out.extend(upsert_collection(
-                self,
-                sobject,
-                ext_field,
-                chunk,
-                all_or_none,
-            )?);
-        }
-        Ok(out)
+        let endpoint = format!("PATCH composite/sobjects/{sobject}/{ext_field}");
+        self.chunked(&endpoint, records, all_or_none, |s, r| {
+            upsert_one(s, sobject, ext_field, r)
+        })
+        .await
     }
     async fn delete_many(
         &self,
         ids: &[String],
         all_or_none: bool,
     ) -> Result<Vec<SaveResult>, SfError> {
-        let mut out = Vec::new();
-        for chunk in ids.chunks(200) {
-            self.enter("DELETE composite/sobjects".into()).await?;
-            out.extend(self.collection(all_or_none, chunk, |s, id| {
-                delete_any(s, id).map(|()| ok_result(id.clone(), None))
-            })?);
-        }
-        Ok(out)
+        self.chunked("DELETE composite/sobjects", ids, all_or_none, |s, id| {
+            delete_any(s, id).map(|()| ok_result(id.clone(), None))
+        })
+        .await
     }
     async fn describe(&self, sobject: &str) -> Result<Describe, SfError> {
         self.enter(format!("GET sobjects/{sobject}/describe"))
@@ -1288,21 +1294,31 @@ fn upsert_collection(
     all_or_none: bool,
 ) -> Result<Vec<SaveResult>, SfError> {
     org.collection(all_or_none, chunk, |s, r| {
-        let key = r
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(ext_field))
-            .and_then(|(_, v)| v.as_str().map(String::from))
-            .ok_or_else(|| {
-                err(
-                    400,
-                    "MISSING_ARGUMENT",
-                    &format!("{ext_field} not specified"),
-                    &[ext_field],
-                )
-            })?;
-        s.upsert(sobject, ext_field, &key, r)
-            .map(|u| ok_result(u.id, Some(u.created)))
+        upsert_one(s, sobject, ext_field, r)
     })
+}
+
+/// One record of a Collections upsert: the external id comes from the record.
+fn upsert_one(
+    s: &mut OrgState,
+    sobject: &str,
+    ext_field: &str,
+    r: &Record,
+) -> Result<SaveResult, SfError> {
+    let key = r
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(ext_field))
+        .and_then(|(_, v)| v.as_str().map(String::from))
+        .ok_or_else(|| {
+            err(
+                400,
+                "MISSING_ARGUMENT",
+                &format!("{ext_field} not specified"),
+                &[ext_field],
+            )
+        })?;
+    s.upsert(sobject, ext_field, &key, r)
+        .map(|u| ok_result(u.id, Some(u.created)))
 }
 
 fn delete_any(s: &mut OrgState, id: &str) -> Result<(), SfError> {
