@@ -56,13 +56,9 @@ pub async fn receive(settings: Settings) -> anyhow::Result<ExitCode> {
     if settings.queue.backend == QueueBackend::Memory {
         warn!("queue.backend = \"memory\": events received here are not seen by separate `work` processes (use `run` or rabbitmq)");
     }
-    let queue = queue::connect(&settings.queue)
-        .await
-        .context("connecting to the broker (queue.url)")?;
+    let queue = connect_queue(&settings).await?;
     let state = http::AppState::new(&settings, queue.clone(), None)?;
-    let listener = TcpListener::bind(&settings.server.listen)
-        .await
-        .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
+    let listener = bind(&settings.server.listen, "server.listen").await?;
     info!(listen = %settings.server.listen, "receiver listening on POST /webhooks/skillsync");
     http::serve(listener, http::router(state), wait_true(shutdown_signal())).await?;
     queue.close().await;
@@ -70,28 +66,45 @@ pub async fn receive(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
-    settings.validate_for(Role::Work)?;
-    let store = open_store(&settings).await?;
-    let queue = queue::connect(&settings.queue)
+async fn connect_queue(settings: &Settings) -> anyhow::Result<Arc<dyn queue::Queue>> {
+    queue::connect(&settings.queue)
         .await
-        .context("connecting to the broker (queue.url)")?;
-    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
-    let shutdown = shutdown_signal();
-    if !settings.worker.listen.is_empty() {
-        let listener = TcpListener::bind(&settings.worker.listen)
-            .await
-            .with_context(|| format!("binding worker.listen {}", settings.worker.listen))?;
-        info!(listen = %settings.worker.listen, "worker serving /healthz /readyz /metrics");
-        let ops = http::ops_router(queue.clone(), Some(store.clone()));
-        tokio::spawn(http::serve(listener, ops, wait_true(shutdown.clone())));
-    }
+        .context("connecting to the broker (queue.url)")
+}
+
+async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {key} {addr}"))
+}
+
+/// The per-process background duties of a worker process: retention of the store.
+fn spawn_housekeeping(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    shutdown: &watch::Receiver<bool>,
+) {
     crate::worker::spawn_retention(
         store.clone(),
         days(settings.store.processed_retention_days),
         days(settings.store.history_retention_days),
         shutdown.clone(),
     );
+}
+
+pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Work)?;
+    let store = open_store(&settings).await?;
+    let queue = connect_queue(&settings).await?;
+    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
+    let shutdown = shutdown_signal();
+    if !settings.worker.listen.is_empty() {
+        let listener = bind(&settings.worker.listen, "worker.listen").await?;
+        info!(listen = %settings.worker.listen, "worker serving /healthz /readyz /metrics");
+        let ops = http::ops_router(queue.clone(), Some(store.clone()));
+        tokio::spawn(http::serve(listener, ops, wait_true(shutdown.clone())));
+    }
+    spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     worker.run(shutdown).await?;
     queue.close().await;
@@ -102,23 +115,14 @@ pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
 pub async fn run_all(settings: Settings) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Run)?;
     let store = open_store(&settings).await?;
-    let queue = queue::connect(&settings.queue)
-        .await
-        .context("connecting to the broker (queue.url)")?;
+    let queue = connect_queue(&settings).await?;
     let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
     let shutdown = shutdown_signal();
-    crate::worker::spawn_retention(
-        store.clone(),
-        days(settings.store.processed_retention_days),
-        days(settings.store.history_retention_days),
-        shutdown.clone(),
-    );
+    spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     let state = http::AppState::new(&settings, queue.clone(), Some(store))?;
-    let listener = TcpListener::bind(&settings.server.listen)
-        .await
-        .with_context(|| format!("binding server.listen {}", settings.server.listen))?;
+    let listener = bind(&settings.server.listen, "server.listen").await?;
     info!(listen = %settings.server.listen, "receiver + workers running");
     http::serve(listener, http::router(state), wait_true(shutdown)).await?;
     worker_task.await??;
