@@ -507,3 +507,33 @@ async fn lease_is_renewed_while_a_slow_event_is_applied() {
         "released after the event"
     );
 }
+
+/// R5 with a match field other than Email (the article: "we recommend using the email
+/// address for the mapping, however, this is not mandatory").
+#[tokio::test]
+async fn r5_matching_on_a_configured_field_other_than_email() {
+    let t = setup(|s, _| s.match_field = "Department".into()).await;
+    let existing = t
+        .org
+        .insert(
+            "Contact",
+            rec(json!({"LastName": "Old", "Email": "other@x.example", "Department": "jdoe"})),
+        )
+        .unwrap();
+    let mut l = learner("L1", "jdoe", ("42", "Engineering"), "active", json!({}));
+    l["email"] = json!("jdoe@x.example");
+    let o = t.learner_event("e1", "learner.created", 1, l).await;
+    assert_eq!(o.code, "linked", "{o:?}");
+    let c = t.org.record("Contact", &existing).unwrap();
+    assert_eq!(c["SkillSync_User_Id__c"], json!("L1"));
+    assert_eq!(
+        c["Department"],
+        json!("jdoe"),
+        "the match field carries the username (R8)"
+    );
+    assert_eq!(
+        c["Email"],
+        json!("jdoe@x.example"),
+        "Email maps from learner.email"
+    );
+}
