@@ -217,6 +217,38 @@ async fn three_workers_share_the_load_and_sigkill_loses_nothing() {
     w.org.set_latency(Duration::from_millis(15));
     let t = Utc::now();
     let learners: Vec<String> = (0..60).map(|i| format!("K{i:02}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let mut children = Vec::new();
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut ws = s.clone();
+        ws.worker.listen = format!("127.0.0.1:{port}");
+        let sub = dir.path().join(format!("w{i}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        children.push(syncback_child(&write_config(&sub, &ws), &["work"]));
+        ports.push(port);
+    }
+    // All three consumers up before the events arrive, so the broker spreads them.
+    let http = reqwest::Client::new();
+    for p in &ports {
+        let http = http.clone();
+        eventually(60, "worker ready", || {
+            let http = http.clone();
+            async move {
+                http.get(format!("http://127.0.0.1:{p}/readyz"))
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status() == 200)
+            }
+        })
+        .await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let mut total = 0;
     for (k, l) in learners.iter().enumerate() {
         for v in 0..5 {
@@ -239,22 +271,6 @@ async fn three_workers_share_the_load_and_sigkill_loses_nothing() {
             total += 1;
         }
     }
-    let dir = tempfile::tempdir().unwrap();
-    let mut children = Vec::new();
-    let mut ports = Vec::new();
-    for i in 0..3 {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut ws = s.clone();
-        ws.worker.listen = format!("127.0.0.1:{port}");
-        let sub = dir.path().join(format!("w{i}"));
-        std::fs::create_dir_all(&sub).unwrap();
-        children.push(syncback_child(&write_config(&sub, &ws), &["work"]));
-        ports.push(port);
-    }
     // Let the workers get going, then SIGKILL one mid-batch and start a replacement.
     let settled = |store: Arc<dyn syncback::store::Store>, learners: Vec<String>| async move {
         let mut n = 0;
@@ -274,7 +290,6 @@ async fn three_workers_share_the_load_and_sigkill_loses_nothing() {
         async move { settled(st, ls).await >= 40 }
     })
     .await;
-    let http = reqwest::Client::new();
     let mut per_worker = Vec::new();
     for p in &ports {
         let m = http
@@ -293,8 +308,8 @@ async fn three_workers_share_the_load_and_sigkill_loses_nothing() {
         per_worker.push(n);
     }
     assert!(
-        per_worker.iter().filter(|n| **n > 0.0).count() >= 2,
-        "load shared: {per_worker:?}"
+        per_worker.iter().all(|n| *n > 0.0),
+        "every worker took part: {per_worker:?}"
     );
     let victim = children.remove(0);
     std::process::Command::new("kill")
