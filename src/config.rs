@@ -1,4 +1,4 @@
-//! Typed configuration (SPEC §6).
+//! Typed configuration (README "Configuration").
 //!
 //! One TOML file (`--config`, default `syncback.toml`), every key overridable from the
 //! environment as `SYNCBACK_SECTION__KEY` (e.g. `SYNCBACK_WORKER__CONCURRENCY=16`).

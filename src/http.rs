@@ -1,4 +1,4 @@
-//! The receiver (SPEC §2, §7): `POST /webhooks/skillsync`, `/healthz`, `/readyz`, `/metrics`.
+//! The receiver (docs/rules.md "Webhook contract"; README "Operations"): `POST /webhooks/skillsync`, `/healthz`, `/readyz`, `/metrics`.
 //!
 //! A webhook is checked in this order, each failure answering with one JSON shape
 //! `{"error": <code>, "message": <text>, "violations": [...]}`:

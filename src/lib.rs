@@ -1,6 +1,6 @@
 //! `syncback` keeps Salesforce Contacts in step with SkillSync LMS Learners.
 //!
-//! Flow (SPEC §1): SkillSync posts signed webhooks to [`http`], which verifies them
+//! Flow (docs/rules.md "Flow"): SkillSync posts signed webhooks to [`http`], which verifies them
 //! ([`webhook`]) and publishes them durably to a [`queue`]. Workers ([`worker`]) consume
 //! them and apply the per-learner rules of [`sync`] (R1–R13) against Salesforce
 //! ([`salesforce`]), SkillSync ([`skillsync`]) and the state [`store`].

@@ -1,5 +1,5 @@
 //! Domain types shared by every module: the webhook envelope and the SkillSync
-//! snapshots it carries (SPEC §2). The JSON Schemas in `schemas/` are the wire
+//! snapshots it carries (docs/rules.md "Webhook contract"). The JSON Schemas in `schemas/` are the wire
 //! contract; these types are what the rest of the code works with once a body
 //! has passed them.
 
@@ -150,7 +150,7 @@ pub enum LearnerStatus {
     Inactive,
 }
 
-/// `data.learner` (SPEC §2) and `GET /api/v1/learners/{id}` (SPEC §5).
+/// `data.learner` (docs/rules.md "Webhook contract") and `GET /api/v1/learners/{id}` (docs/rules.md "SkillSync").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Learner {
     #[serde(deserialize_with = "id_string")]
@@ -192,7 +192,7 @@ impl EnrollmentStatus {
     }
 }
 
-/// `data.enrollment` (SPEC §2).
+/// `data.enrollment` (docs/rules.md "Webhook contract").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Enrollment {
     #[serde(deserialize_with = "id_string")]
@@ -229,7 +229,7 @@ impl CertificationStatus {
     }
 }
 
-/// `data.certification` (SPEC §2).
+/// `data.certification` (docs/rules.md "Webhook contract").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Certification {
     #[serde(deserialize_with = "id_string")]
@@ -254,7 +254,7 @@ pub struct EventData {
     pub certification: Option<Certification>,
 }
 
-/// The webhook body (SPEC §2).
+/// The webhook body (docs/rules.md "Webhook contract").
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Envelope {
     pub id: String,
@@ -290,7 +290,7 @@ impl Envelope {
     }
 }
 
-/// A SkillSync department (SPEC §5).
+/// A SkillSync department (docs/rules.md "SkillSync").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Department {
     #[serde(deserialize_with = "id_string")]

@@ -1,4 +1,4 @@
-//! Logs (`tracing`) and Prometheus metrics (`metrics` + `metrics-exporter-prometheus`), SPEC §7.
+//! Logs (`tracing`) and Prometheus metrics (`metrics` + `metrics-exporter-prometheus`), README "Operations".
 //!
 //! Metric names live here so the code, the Grafana dashboard and the docs agree.
 

@@ -1,4 +1,4 @@
-//! Operating it (R13, SPEC §7): retries, the dead-letter queue and its replay, several
+//! Operating it (R13, README "Operations"): retries, the dead-letter queue and its replay, several
 //! worker processes, SIGKILL and SIGTERM, on real RabbitMQ + PostgreSQL + the sandboxes.
 
 use std::sync::Arc;

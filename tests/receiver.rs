@@ -1,4 +1,4 @@
-//! The webhook receiver (SPEC §2) end to end: signed POSTs over loopback, real
+//! The webhook receiver (docs/rules.md "Webhook contract") end to end: signed POSTs over loopback, real
 //! RabbitMQ with publisher confirms, every status code, and an independent signer.
 
 use std::sync::Arc;

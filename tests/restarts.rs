@@ -1,4 +1,4 @@
-//! Restarting RabbitMQ or PostgreSQL during a run loses nothing (SPEC §7, issue: ops).
+//! Restarting RabbitMQ or PostgreSQL during a run loses nothing (README "Operations").
 //! These tests take a shared server down for a few seconds, so they live in their own
 //! binary (cargo runs test binaries one after another) and take turns (`TURN`).
 

@@ -1,4 +1,4 @@
-//! The Salesforce client (SPEC §4) against the sandbox org served over HTTP: every
+//! The Salesforce client (docs/rules.md "Salesforce") against the sandbox org served over HTTP: every
 //! operation, every error class, OAuth refresh, paging, hostile SOQL literals,
 //! Collections chunking, `Sforce-Limit-Info`, the schema check (R8, R11), and a
 //! wire-fidelity run of the third-party `simple-salesforce` client against the sandbox.

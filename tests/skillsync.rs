@@ -1,4 +1,4 @@
-//! SkillSync client × sandbox over HTTP (SPEC §5, R2).
+//! SkillSync client × sandbox over HTTP (docs/rules.md "SkillSync", R2).
 
 use std::sync::Arc;
 use std::time::Duration;

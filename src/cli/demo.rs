@@ -1,4 +1,4 @@
-//! `syncback demo` (SPEC §8): the whole flow in one process with no outside services —
+//! `syncback demo` (README "Two commands"): the whole flow in one process with no outside services —
 //! in-memory queue, SQLite store, the Salesforce and SkillSync sandboxes served over
 //! loopback HTTP (so the real clients and wire formats are used), the real receiver and
 //! workers — sending signed sample events that walk through every rule and printing the

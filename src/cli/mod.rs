@@ -1,4 +1,4 @@
-//! The `syncback` command line (SPEC §1, §6): `receive`, `work`, `run`, `dlq …`,
+//! The `syncback` command line (docs/rules.md "Flow"): `receive`, `work`, `run`, `dlq …`,
 //! `learner status`, `backfill`, `config check`, `demo`, `sandbox …`.
 
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Durable event queue (SPEC §1, §6, R13).
+//! Durable event queue (docs/rules.md "Flow", R13).
 //!
 //! One trait, [`Queue`], with a RabbitMQ implementation (`rabbitmq`, production: lapin,
 //! publisher confirms, quorum queue, delayed-retry queues, dead-letter queue) and an

@@ -1,4 +1,4 @@
-//! RabbitMQ [`Queue`] over `lapin` (SPEC §1, §6 "RabbitMQ facts", R13).
+//! RabbitMQ [`Queue`] over `lapin` (docs/rules.md "Flow", "RabbitMQ", R13).
 //!
 //! Topology (declared idempotently on every (re)connect, mirrored in
 //! `deploy/rabbitmq/definitions.json`), with `P` = `queue.prefix`:

@@ -1,4 +1,4 @@
-//! Salesforce REST client (SPEC §4) over `reqwest`.
+//! Salesforce REST client (docs/rules.md "Salesforce") over `reqwest`.
 //!
 //! - OAuth 2.0 client credentials at `{login_url}/services/oauth2/token`; the token and
 //!   `instance_url` are cached and refreshed once on `401 INVALID_SESSION_ID`.
@@ -399,7 +399,7 @@ impl Client {
         Ok(out)
     }
 
-    /// Check the org's schema against the configuration (`config check`, SPEC R8, R11).
+    /// Check the org's schema against the configuration (`config check`, docs/rules.md R8, R11).
     ///
     /// Returns human-readable problems; empty means fine. Describes `Contact`,
     /// `SkillSync_Enrollment__c` and `SkillSync_Certification__c`:

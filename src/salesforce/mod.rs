@@ -1,4 +1,4 @@
-//! Salesforce REST (SPEC §4).
+//! Salesforce REST (docs/rules.md "Salesforce").
 //!
 //! [`SalesforceApi`] is the port the sync engine talks to. [`client::Client`] implements it
 //! over HTTP (`reqwest`, OAuth 2.0, SOQL, sObjects, upsert by external id, Collections);

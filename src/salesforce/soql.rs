@@ -1,4 +1,4 @@
-//! SOQL building with every literal escaped (SPEC §4).
+//! SOQL building with every literal escaped (docs/rules.md "Salesforce").
 //!
 //! Values only ever enter a query through [`quote`] (or the helpers built on it:
 //! [`eq`], [`in_list`], [`like_literal`]); field and object names only through [`field`]

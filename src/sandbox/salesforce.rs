@@ -1,4 +1,4 @@
-//! A faithful in-memory Salesforce org (SPEC §4) for tests and `syncback demo`.
+//! A faithful in-memory Salesforce org (docs/rules.md "Salesforce") for tests and `syncback demo`.
 //!
 //! It speaks the REST wire format the client uses — OAuth token endpoint, SOQL query
 //! with `nextRecordsUrl` paging, sObject create/get/update/delete, upsert by external id

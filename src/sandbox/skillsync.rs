@@ -1,4 +1,4 @@
-//! An in-memory SkillSync LMS speaking the wire format of SPEC §5: OAuth 2.0 client
+//! An in-memory SkillSync LMS speaking the wire format of docs/rules.md "SkillSync": OAuth 2.0 client
 //! credentials, departments (a tree), learners, enrollments and certifications, cursor
 //! pagination, and fault injection. Usable in-process (it implements [`SkillSyncApi`])
 //! and over HTTP (`syncback sandbox skillsync --listen ADDR`).

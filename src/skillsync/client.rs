@@ -1,4 +1,4 @@
-//! SkillSync REST client (SPEC §5): OAuth 2.0 client credentials with a cached token,
+//! SkillSync REST client (docs/rules.md "SkillSync"): OAuth 2.0 client credentials with a cached token,
 //! cursor pagination, timeouts, typed transient/permanent errors.
 
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -1,4 +1,4 @@
-//! SkillSync REST (SPEC §5): departments, learner snapshots, enrollments, certifications.
+//! SkillSync REST (docs/rules.md "SkillSync"): departments, learner snapshots, enrollments, certifications.
 //!
 //! [`SkillSyncApi`] is the port; [`client::Client`] implements it over HTTP and the
 //! in-memory LMS of [`crate::sandbox::skillsync`] implements it directly.

@@ -1,4 +1,4 @@
-//! State store (SPEC §3 R8–R12, issue: sync engine).
+//! State store (docs/rules.md R8–R12).
 //!
 //! One trait, [`Store`], implemented by [`sql::SqlStore`] over `sqlx`'s `Any` driver for
 //! both PostgreSQL (production) and SQLite (embedded default), each with its own

@@ -601,7 +601,7 @@ impl Engine {
                 unreachable!("decision comes from rows")
             }
             MatchDecision::Create => {
-                // SPEC §4 crash safety: create through the external-id upsert, so a retry
+                // docs/rules.md "Salesforce" crash safety: create through the external-id upsert, so a retry
                 // after a crash updates the same Contact instead of creating a second one.
                 let res = self
                     .with_account_retry(&account_id, || async {

@@ -1,4 +1,4 @@
-//! The rules engine (SPEC §3, R1–R12).
+//! The rules engine (docs/rules.md, R1–R12).
 
 use crate::model::Learner;
 
@@ -37,5 +37,7 @@ impl LearnerAttr {
 pub mod backfill;
 pub mod engine;
 pub mod rules;
+pub mod settings;
 
 pub use engine::{Engine, Outcome, ScopePort, SyncError};
+pub use settings::{SettingsHandle, SettingsWatch};

@@ -1,4 +1,4 @@
-//! Pure decisions of the rules engine (SPEC §3). No I/O here: every function takes what
+//! Pure decisions of the rules engine (docs/rules.md). No I/O here: every function takes what
 //! the engine read from the store / Salesforce / SkillSync and says what to do, so each
 //! rule has fast unit tests.
 
@@ -215,7 +215,7 @@ pub enum MatchDecision {
     Linked(String),
     /// Exactly one Contact matches: link to it and sync it.
     Link(String),
-    /// None matches: create a Contact (through the external-id upsert, SPEC §4 crash safety).
+    /// None matches: create a Contact (through the external-id upsert, docs/rules.md "Salesforce" crash safety).
     Create,
 }
 

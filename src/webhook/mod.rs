@@ -1,4 +1,4 @@
-//! Inbound webhooks: Standard Webhooks signatures and the JSON Schema contract (SPEC §2).
+//! Inbound webhooks: Standard Webhooks signatures and the JSON Schema contract (docs/rules.md "Webhook contract").
 
 pub mod schema;
 pub mod signature;

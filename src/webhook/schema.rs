@@ -1,4 +1,4 @@
-//! The JSON Schema contract of SPEC §2, enforced at run time.
+//! The JSON Schema contract of docs/rules.md "Webhook contract", enforced at run time.
 //!
 //! The files in `schemas/` are the source of truth; they are compiled into the binary
 //! (so a deployed `syncback` cannot drift from its schemas) and validated with the

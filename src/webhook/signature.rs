@@ -1,4 +1,4 @@
-//! Standard Webhooks signatures (SPEC §2).
+//! Standard Webhooks signatures (docs/rules.md "Webhook contract").
 //!
 //! `webhook-signature` is a space-separated list of `v1,<base64 HMAC-SHA256>` over
 //! `"{webhook-id}.{webhook-timestamp}.{raw body}"`, keyed with the bytes of a

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Wire-fidelity check of the sandbox Salesforce org (SPEC §4) with a real client.
+"""Wire-fidelity check of the sandbox Salesforce org (docs/rules.md "Salesforce") with a real client.
 
 Usage: sf_fidelity.py <base_url>   (e.g. http://127.0.0.1:40123)
 

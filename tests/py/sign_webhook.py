@@ -2,7 +2,7 @@
 
 Usage: sign_webhook.py  (reads a JSON list of {"secret","id","timestamp","body"} on stdin)
 Prints a JSON list of "v1,<base64>" signatures, one per request, so the Rust tests can
-check our verifier against someone else's signer (SPEC §2).
+check our verifier against someone else's signer (docs/rules.md "Webhook contract").
 """
 import json
 import sys
