@@ -150,7 +150,7 @@ fn main() {
         // 1. Baseline: one learner at a time through the per-event engine.
         let (r, learners) = rig(n).await;
         let engine = Engine::new(
-            settings(),
+            syncback::sync::SettingsHandle::fixed(settings()),
             Arc::new(r.sf.clone()),
             r.ss.clone(),
             r.scope.clone(),

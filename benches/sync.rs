@@ -128,7 +128,7 @@ account_rule = "department"
         Duration::from_secs(300),
     ));
     let engine = Arc::new(Engine::new(
-        s.sync.clone(),
+        syncback::sync::SettingsHandle::fixed(s.sync.clone()),
         Arc::new(sf.clone()),
         ss,
         scope,

@@ -131,7 +131,7 @@ impl Worker {
                 Ok(outcome) if outcome.class == OutcomeClass::Failed => {
                     warn!(code = %outcome.code, detail = %outcome.detail, "event failed permanently; to the dead-letter queue");
                     let f = Failure {
-                        kind: outcome.code.clone(),
+                        kind: outcome.code.as_str().to_string(),
                         message: outcome.detail.clone(),
                         learner_id: Some(outcome.learner_id.clone()),
                     };
@@ -139,7 +139,7 @@ impl Worker {
                 }
                 Ok(outcome) => {
                     info!(outcome = outcome.class.as_str(), code = %outcome.code, detail = %outcome.detail, "event settled");
-                    metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => outcome.class.as_str(), "code" => outcome.code.clone()).increment(1);
+                    metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => outcome.class.as_str(), "code" => outcome.code.as_str()).increment(1);
                     match delivery.ack().await {
                         Ok(()) => Some(Settled::Acked(outcome)),
                         Err(e) => {
@@ -317,7 +317,7 @@ pub async fn engine_from_settings(
         warn!("sync.enabled = false: events are recorded as skipped, nothing is written to Salesforce (R1)");
     }
     Ok(Arc::new(Engine::new(
-        settings.sync.clone(),
+        crate::sync::SettingsHandle::fixed(settings.sync.clone()),
         Arc::new(sf),
         ss,
         scope,

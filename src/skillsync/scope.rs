@@ -27,6 +27,8 @@ pub enum SourceCheckError {
 }
 
 struct Cached {
+    /// The source department the tree was walked from.
+    source: String,
     /// In-scope departments, source first, breadth-first order.
     departments: Vec<Department>,
     ids: HashSet<String>,
@@ -35,8 +37,9 @@ struct Cached {
 
 pub struct ScopeResolver {
     api: Arc<dyn SkillSyncApi>,
-    source: String,
-    scope: Scope,
+    /// (source department, scope) in force; the mapping may change at run time
+    /// (docs/rules.md R2/R3, console-managed mapping), see [`ScopeResolver::retarget`].
+    target: Mutex<(String, Scope)>,
     ttl: Duration,
     cache: Mutex<Option<Arc<Cached>>>,
     refresh: tokio::sync::Mutex<()>,
@@ -51,24 +54,54 @@ impl ScopeResolver {
     ) -> Self {
         ScopeResolver {
             api,
-            source: source_department_id.to_string(),
-            scope,
+            target: Mutex::new((source_department_id.to_string(), scope)),
             ttl,
             cache: Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
         }
     }
 
+    fn source(&self) -> String {
+        self.target.lock().unwrap().0.clone()
+    }
+
+    fn scope(&self) -> Scope {
+        self.target.lock().unwrap().1
+    }
+
+    /// Point the resolver at another source department / scope (a new mapping was put in
+    /// force); the cached tree is dropped when the source changes.
+    pub fn retarget(&self, source_department_id: &str, scope: Scope) {
+        let mut t = self.target.lock().unwrap();
+        if t.0 != source_department_id || t.1 != scope {
+            *t = (source_department_id.to_string(), scope);
+            drop(t);
+            self.invalidate();
+        }
+    }
+
+    /// R3 for the mapping `settings` (retargets first when it changed).
+    pub async fn in_scope_for(
+        &self,
+        source_department_id: &str,
+        scope: Scope,
+        department_id: Option<&str>,
+    ) -> Result<bool, SsError> {
+        self.retarget(source_department_id, scope);
+        self.in_scope(department_id).await
+    }
+
     /// R2: `GET /api/v1/departments/{id}` must answer 200.
     pub async fn validate_source(&self) -> Result<Department, SourceCheckError> {
-        if self.source.trim().is_empty() {
+        let source = self.source();
+        if source.trim().is_empty() {
             return Err(SourceCheckError::Other(
                 "sync.source_department_id is empty".into(),
             ));
         }
-        match self.api.department(&self.source).await {
+        match self.api.department(&source).await {
             Ok(Some(d)) => Ok(d),
-            Ok(None) => Err(SourceCheckError::Unknown(self.source.clone())),
+            Ok(None) => Err(SourceCheckError::Unknown(source)),
             Err(SsError::Unauthorized(m)) => Err(SourceCheckError::Unauthorized(m)),
             Err(SsError::Transient(m)) => Err(SourceCheckError::Unreachable(m)),
             Err(SsError::Permanent(m)) => Err(SourceCheckError::Other(m)),
@@ -80,10 +113,11 @@ impl ScopeResolver {
         let Some(d) = department_id else {
             return Ok(false);
         };
-        match self.scope {
-            Scope::DepartmentOnly => Ok(d == self.source),
+        let source = self.source();
+        match self.scope() {
+            Scope::DepartmentOnly => Ok(d == source),
             Scope::WithSubdepartments => {
-                if d == self.source {
+                if d == source {
                     return Ok(true);
                 }
                 Ok(self.tree().await?.ids.contains(d))
@@ -93,10 +127,10 @@ impl ScopeResolver {
 
     /// The in-scope departments (source first, breadth-first).
     pub async fn departments(&self) -> Result<Vec<Department>, SsError> {
-        match self.scope {
+        match self.scope() {
             Scope::DepartmentOnly => Ok(self
                 .api
-                .department(&self.source)
+                .department(&self.source())
                 .await?
                 .into_iter()
                 .collect()),
@@ -114,7 +148,7 @@ impl ScopeResolver {
             .lock()
             .unwrap()
             .as_ref()
-            .filter(|c| c.at.elapsed() < self.ttl)
+            .filter(|c| c.at.elapsed() < self.ttl && c.source == self.source())
             .cloned()
     }
 
@@ -132,15 +166,12 @@ impl ScopeResolver {
     }
 
     async fn walk(&self) -> Result<Cached, SsError> {
-        let root = self
-            .api
-            .department(&self.source)
-            .await?
-            .unwrap_or(Department {
-                id: self.source.clone(),
-                name: String::new(),
-                parent_id: None,
-            });
+        let source = self.source();
+        let root = self.api.department(&source).await?.unwrap_or(Department {
+            id: source.clone(),
+            name: String::new(),
+            parent_id: None,
+        });
         let mut ids = HashSet::from([root.id.clone()]);
         let mut departments = vec![root.clone()];
         let mut todo = VecDeque::from([root.id]);
@@ -152,8 +183,9 @@ impl ScopeResolver {
                 }
             }
         }
-        tracing::debug!(source = %self.source, departments = departments.len(), "department tree loaded");
+        tracing::debug!(source = %source, departments = departments.len(), "department tree loaded");
         Ok(Cached {
+            source,
             departments,
             ids,
             at: Instant::now(),

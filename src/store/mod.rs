@@ -12,85 +12,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::EntityKind;
 
+/// The domain state types live in the sync domain; re-exported here for the adapters.
+pub use crate::sync::outcome::OutcomeClass;
+pub use crate::sync::state::{EntityVersion, LearnerState, LinkState};
+
 pub mod sql;
 
 pub use sql::{open, SqlStore};
-
-/// Whether a learner is currently linked to a Contact (R8/R9).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LinkState {
-    /// `Contact.SkillSync_User_Id__c` carries the learner id.
-    Linked,
-    /// Link removed on deactivation (R9); `contact_id` remembers the Contact.
-    Deactivated,
-    /// Link removed because the learner left the scope (R3); `contact_id` remembers it.
-    OutOfScope,
-    /// Never linked (e.g. seen only out of scope, or its first sync failed).
-    Unlinked,
-}
-
-impl LinkState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LinkState::Linked => "linked",
-            LinkState::Deactivated => "deactivated",
-            LinkState::OutOfScope => "out_of_scope",
-            LinkState::Unlinked => "unlinked",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        [
-            LinkState::Linked,
-            LinkState::Deactivated,
-            LinkState::OutOfScope,
-            LinkState::Unlinked,
-        ]
-        .into_iter()
-        .find(|l| l.as_str() == s)
-    }
-}
-
-/// What the store knows of one learner.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LearnerState {
-    pub learner_id: String,
-    /// The linked Contact, or the remembered one while unlinked (R9).
-    pub contact_id: Option<String>,
-    pub link: LinkState,
-    /// The Account the Contact was last put in (R7).
-    pub account_id: Option<String>,
-    pub last_outcome: Option<String>,
-    pub last_error: Option<String>,
-    pub updated_at: DateTime<Utc>,
-}
-
-/// Final outcome class of one event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OutcomeClass {
-    Applied,
-    Skipped,
-    Failed,
-}
-
-impl OutcomeClass {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            OutcomeClass::Applied => "applied",
-            OutcomeClass::Skipped => "skipped",
-            OutcomeClass::Failed => "failed",
-        }
-    }
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "applied" => Some(Self::Applied),
-            "skipped" => Some(Self::Skipped),
-            "failed" => Some(Self::Failed),
-            _ => None,
-        }
-    }
-}
 
 /// One recorded event outcome (history for `syncback learner status`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -105,13 +33,6 @@ pub struct EventRecord {
     pub code: String,
     pub detail: String,
     pub recorded_at: DateTime<Utc>,
-}
-
-/// Last applied event of an entity (R12): ordered by (occurred_at, event_id).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EntityVersion {
-    pub occurred_at: DateTime<Utc>,
-    pub event_id: String,
 }
 
 /// Everything one processed event changes, committed atomically.
@@ -153,6 +74,16 @@ pub trait Store: Send + Sync + 'static {
     async fn try_lease(&self, key: &str, holder: &str, ttl: Duration) -> Result<bool, StoreError>;
     /// Release the lease if `holder` still has it.
     async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError>;
+    /// [`Store::try_lease`] for many keys in one round trip; returns the keys now held by
+    /// `holder`.
+    async fn try_leases(
+        &self,
+        keys: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError>;
+    /// Release every lease of `keys` that `holder` still has, in one round trip.
+    async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError>;
 
     async fn learner(&self, learner_id: &str) -> Result<Option<LearnerState>, StoreError>;
     /// Many learners at once (backfill); missing ones are absent from the result.

@@ -284,6 +284,54 @@ impl Store for SqlStore {
         Ok(done.rows_affected() == 1)
     }
 
+    async fn try_leases(
+        &self,
+        keys: &[String],
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Vec<String>, StoreError> {
+        let now = micros(Utc::now());
+        let expires = now + ttl.as_micros() as i64;
+        let mut held = Vec::with_capacity(keys.len());
+        // One statement per chunk (bind-parameter limits); a batch has ≤ a few hundred keys.
+        for chunk in keys.chunks(300) {
+            let values = (0..chunk.len())
+                .map(|i| format!("(${}, $1, $2)", i + 4))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "INSERT INTO leases (key, holder, expires_at) VALUES {values}
+                 ON CONFLICT (key) DO UPDATE SET holder = excluded.holder, expires_at = excluded.expires_at
+                 WHERE leases.expires_at < $3 OR leases.holder = excluded.holder
+                 RETURNING key"
+            );
+            let mut q = sqlx::query(&sql).bind(holder).bind(expires).bind(now);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            for row in q.fetch_all(&self.pool).await.map_err(map_err)? {
+                held.push(row.try_get::<String, _>("key").map_err(map_err)?);
+            }
+        }
+        Ok(held)
+    }
+
+    async fn release_leases(&self, keys: &[String], holder: &str) -> Result<(), StoreError> {
+        for chunk in keys.chunks(300) {
+            let list = (0..chunk.len())
+                .map(|i| format!("${}", i + 2))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!("DELETE FROM leases WHERE holder = $1 AND key IN ({list})");
+            let mut q = sqlx::query(&sql).bind(holder);
+            for k in chunk {
+                q = q.bind(k);
+            }
+            q.execute(&self.pool).await.map_err(map_err)?;
+        }
+        Ok(())
+    }
+
     async fn release_lease(&self, key: &str, holder: &str) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM leases WHERE key = $1 AND holder = $2")
             .bind(key)

@@ -21,7 +21,8 @@ use crate::skillsync::scope::ScopeResolver;
 use crate::skillsync::SkillSyncApi;
 use crate::store::{LearnerState, LinkState, Store};
 
-use super::rules::{self, AccountTarget, ContactRow, MatchDecision, Permanent};
+use super::outcome::{Code, Permanent};
+use super::rules::{self, AccountTarget, ContactRow, MatchDecision};
 
 const CHECKPOINT: &str = "backfill";
 /// Learners per batch: one Collections call per write kind.
@@ -380,7 +381,7 @@ impl Backfill<'_> {
                     MatchDecision::Linked(c) | MatchDecision::Link(c) => {
                         if !claimed.insert(c.clone()) {
                             return Err(Permanent::new(
-                                "contact_conflict",
+                                Code::ContactConflict,
                                 format!("Contact {c} matches several learners of this backfill"),
                             ));
                         }
@@ -415,7 +416,7 @@ impl Backfill<'_> {
             match step {
                 Step::Skip(why) => *summary.skipped.entry((*why).into()).or_default() += 1,
                 Step::Fail(p) => {
-                    *summary.failed.entry(p.code.into()).or_default() += 1;
+                    *summary.failed.entry(p.code.as_str().into()).or_default() += 1;
                     if self.dry_run {
                         summary.plan.push(format!(
                             "FAIL    {} ({}): {} — {}",
@@ -498,7 +499,7 @@ impl Backfill<'_> {
                     done.push(linked_state(l, r));
                 } else {
                     let p = save_failure(&res.errors);
-                    *summary.failed.entry(p.code.into()).or_default() += 1;
+                    *summary.failed.entry(p.code.as_str().into()).or_default() += 1;
                     self.record_failure(l, states.get(&l.id), &p).await?;
                 }
             }
@@ -524,7 +525,7 @@ impl Backfill<'_> {
                     done.push(linked_state(l, &r));
                 } else {
                     let p = save_failure(&res.errors);
-                    *summary.failed.entry(p.code.into()).or_default() += 1;
+                    *summary.failed.entry(p.code.as_str().into()).or_default() += 1;
                     self.record_failure(l, states.get(&l.id), &p).await?;
                 }
             }
@@ -594,5 +595,5 @@ fn save_failure(errors: &[crate::salesforce::ApiError]) -> Permanent {
         .map(|e| format!("{}: {}", e.error_code, e.message))
         .collect::<Vec<_>>()
         .join("; ");
-    Permanent::new("salesforce_rejected", detail)
+    Permanent::new(Code::SalesforceRejected, detail)
 }

@@ -1,136 +1,66 @@
-//! The per-learner sync engine: applies one event (R1–R12) using the decisions of
-//! [`super::rules`], Salesforce ([`SalesforceApi`]), SkillSync ([`SkillSyncApi`]), the
-//! scope ([`ScopePort`]) and the [`Store`]. Every event of a learner runs under that
-//! learner's lease, so no two workers (tasks or processes) apply the same learner at once.
+//! The one apply path (docs/rules.md "Flow", R1–R12): [`Engine::apply`] takes a batch of
+//! [`Item`]s — webhook events and learner snapshots — and settles each with its own
+//! outcome. Every learner of a batch is applied under that learner's lease (taken for the
+//! whole batch in one store round trip), so no two workers (tasks or processes) apply the
+//! same learner at once; a learner leased elsewhere gives a transient result for its items
+//! only. The mapping in force is read once per batch from the [`SettingsHandle`].
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::Utc;
-use serde_json::{json, Value};
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use crate::config::SyncSettings;
-use crate::model::{EntityKind, Envelope, EventType, Learner};
-use crate::salesforce::{soql, Record, SalesforceApi, SfError};
+use crate::model::{EntityKind, Envelope};
+use crate::salesforce::SalesforceApi;
 use crate::skillsync::{SkillSyncApi, SsError};
-use crate::store::{
-    Commit, EntityVersion, EventRecord, LearnerState, LinkState, OutcomeClass, Store, StoreError,
-};
+use crate::store::{Commit, EventRecord, Store};
 
-use super::rules::{self, AccountTarget, LearnerPlan, MatchDecision, Permanent};
+use super::item::{Item, SnapshotItem};
+use super::outcome::{Code, Outcome, OutcomeClass, Permanent, StepError, SyncError};
+use super::rules;
+use super::settings::SettingsHandle;
+use super::state::{EntityVersion, LearnerState};
 
-/// R3 port: is a department in the configured scope?
+/// R3 port: is a department in the scope of the mapping `settings`?
 #[async_trait]
 pub trait ScopePort: Send + Sync {
-    async fn in_scope(&self, department_id: Option<&str>) -> Result<bool, SsError>;
+    async fn in_scope(
+        &self,
+        settings: &SyncSettings,
+        department_id: Option<&str>,
+    ) -> Result<bool, SsError>;
 }
 
-/// The result of handling one event; recorded in the store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outcome {
-    pub class: OutcomeClass,
-    /// `created`, `linked`, `updated`, `unlinked`, `duplicate`, `stale`, `out_of_scope`,
-    /// `sync_disabled`, …, or the failure kind (`account_not_found`, `contact_ambiguous`, …).
-    pub code: String,
-    pub detail: String,
-    pub learner_id: String,
-}
-
-/// A failure worth retrying (R13): nothing was recorded, the event must come again.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum SyncError {
-    #[error("transient {kind} failure: {message}")]
-    Transient { kind: &'static str, message: String },
-    /// The event body is not a usable envelope (schema drift): permanent.
-    #[error("unusable event: {0}")]
-    BadEvent(String),
-}
-
-impl SyncError {
-    pub fn is_transient(&self) -> bool {
-        matches!(self, SyncError::Transient { .. })
-    }
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SyncError::Transient { kind, .. } => kind,
-            SyncError::BadEvent(_) => "bad_event",
-        }
+#[async_trait]
+impl ScopePort for crate::skillsync::scope::ScopeResolver {
+    async fn in_scope(
+        &self,
+        settings: &SyncSettings,
+        department_id: Option<&str>,
+    ) -> Result<bool, SsError> {
+        self.in_scope_for(
+            &settings.source_department_id,
+            settings.scope,
+            department_id,
+        )
+        .await
     }
 }
-
-impl From<StoreError> for SyncError {
-    fn from(e: StoreError) -> Self {
-        SyncError::Transient {
-            kind: "store",
-            message: e.to_string(),
-        }
-    }
-}
-
-/// Internal: a step either fails for good (recorded, then DLQ) or transiently (retry).
-enum StepError {
-    Permanent(Permanent),
-    Transient(SyncError),
-}
-
-impl From<Permanent> for StepError {
-    fn from(p: Permanent) -> Self {
-        StepError::Permanent(p)
-    }
-}
-
-impl From<SfError> for StepError {
-    fn from(e: SfError) -> Self {
-        match e {
-            SfError::Transient { .. } => StepError::Transient(SyncError::Transient {
-                kind: "salesforce",
-                message: e.to_string(),
-            }),
-            SfError::MultipleMatches { .. } => {
-                StepError::Permanent(Permanent::new("contact_ambiguous", e.to_string()))
-            }
-            SfError::NotFound => StepError::Permanent(Permanent::new("not_found", e.to_string())),
-            SfError::Permanent { .. } => {
-                StepError::Permanent(Permanent::new("salesforce_rejected", e.to_string()))
-            }
-        }
-    }
-}
-
-impl From<SsError> for StepError {
-    fn from(e: SsError) -> Self {
-        if e.is_transient() {
-            StepError::Transient(SyncError::Transient {
-                kind: "skillsync",
-                message: e.to_string(),
-            })
-        } else {
-            StepError::Permanent(Permanent::new("skillsync_error", e.to_string()))
-        }
-    }
-}
-
-impl From<StoreError> for StepError {
-    fn from(e: StoreError) -> Self {
-        StepError::Transient(e.into())
-    }
-}
-
-type StepResult<T> = Result<T, StepError>;
 
 /// What a successful step did.
-struct Applied {
-    class: OutcomeClass,
-    code: &'static str,
-    detail: String,
-    learner: Option<LearnerState>,
+pub(super) struct Applied {
+    pub class: OutcomeClass,
+    pub code: Code,
+    pub detail: String,
+    pub learner: Option<LearnerState>,
 }
 
 impl Applied {
-    fn done(code: &'static str, detail: impl Into<String>, learner: Option<LearnerState>) -> Self {
+    pub fn done(code: Code, detail: impl Into<String>, learner: Option<LearnerState>) -> Self {
         Self {
             class: OutcomeClass::Applied,
             code,
@@ -138,11 +68,7 @@ impl Applied {
             learner,
         }
     }
-    fn skipped(
-        code: &'static str,
-        detail: impl Into<String>,
-        learner: Option<LearnerState>,
-    ) -> Self {
+    pub fn skipped(code: Code, detail: impl Into<String>, learner: Option<LearnerState>) -> Self {
         Self {
             class: OutcomeClass::Skipped,
             code,
@@ -154,43 +80,52 @@ impl Applied {
 
 /// Cache of Account Name → Id (R4), positive results only, with a TTL. Negative and
 /// ambiguous answers are never cached so a fix in Salesforce is seen at once (DLQ replay).
-struct AccountCache {
+pub(super) struct AccountCache {
     ttl: Duration,
     map: Mutex<HashMap<String, (String, Instant)>>,
 }
 
 impl AccountCache {
-    fn get(&self, name: &str) -> Option<String> {
+    pub fn get(&self, name: &str) -> Option<String> {
         let map = self.map.lock().unwrap();
         map.get(&name.to_lowercase())
             .filter(|(_, at)| at.elapsed() < self.ttl)
             .map(|(id, _)| id.clone())
     }
-    fn put(&self, name: &str, id: &str) {
+    pub fn put(&self, name: &str, id: &str) {
         self.map
             .lock()
             .unwrap()
             .insert(name.to_lowercase(), (id.to_string(), Instant::now()));
     }
-    fn invalidate_id(&self, id: &str) {
+    pub fn invalidate_id(&self, id: &str) {
         self.map.lock().unwrap().retain(|_, (v, _)| v != id);
+    }
+    pub fn has_id(&self, id: &str) -> bool {
+        self.map.lock().unwrap().values().any(|(v, _)| v == id)
     }
 }
 
 pub struct Engine {
-    settings: SyncSettings,
-    sf: Arc<dyn SalesforceApi>,
-    ss: Arc<dyn SkillSyncApi>,
-    scope: Arc<dyn ScopePort>,
-    store: Arc<dyn Store>,
-    accounts: AccountCache,
+    pub(super) settings: SettingsHandle,
+    pub(super) sf: Arc<dyn SalesforceApi>,
+    pub(super) ss: Arc<dyn SkillSyncApi>,
+    pub(super) scope: Arc<dyn ScopePort>,
+    pub(super) store: Arc<dyn Store>,
+    pub(super) accounts: AccountCache,
     lease_ttl: Duration,
     lease_wait: Duration,
 }
 
+/// One learner's share of a batch: its items' positions, in the order they are applied.
+struct LearnerWork {
+    learner_id: String,
+    items: Vec<usize>,
+}
+
 impl Engine {
     pub fn new(
-        settings: SyncSettings,
+        settings: SettingsHandle,
         sf: Arc<dyn SalesforceApi>,
         ss: Arc<dyn SkillSyncApi>,
         scope: Arc<dyn ScopePort>,
@@ -213,7 +148,18 @@ impl Engine {
         }
     }
 
-    pub fn settings(&self) -> &SyncSettings {
+    /// How long [`Engine::apply`] waits for a learner leased by another worker before
+    /// giving its items a transient `learner_busy` result (default 5 s).
+    pub fn set_lease_wait(&mut self, wait: Duration) {
+        self.lease_wait = wait;
+    }
+
+    /// The mapping in force now.
+    pub fn settings(&self) -> Arc<SyncSettings> {
+        self.settings.current()
+    }
+
+    pub fn settings_handle(&self) -> &SettingsHandle {
         &self.settings
     }
 
@@ -221,70 +167,167 @@ impl Engine {
         &self.store
     }
 
-    /// Apply one event. `Ok` means an outcome was committed to the store (applied, skipped
-    /// or failed for good); `Err` means nothing was committed and the event must be retried.
+    /// Apply one event (a batch of one). `Ok` means an outcome was committed to the store
+    /// (applied, skipped or failed for good); `Err` means nothing was committed and the
+    /// event must be retried.
     pub async fn handle(&self, env: &Envelope) -> Result<Outcome, SyncError> {
-        let learner_id = env
-            .learner_id()
-            .ok_or_else(|| {
-                SyncError::BadEvent(format!("{} event without its data", env.event_type))
-            })?
-            .to_string();
-        let key = format!("learner:{learner_id}");
-        let holder = uuid::Uuid::new_v4().to_string();
-        self.acquire(&key, &holder).await?;
-        // Keep the lease while the event is applied, however slow Salesforce is: renew it
-        // every third of its TTL (a crashed holder still loses it after one TTL).
-        let renew = {
-            let (store, key, holder, ttl) = (
-                self.store.clone(),
-                key.clone(),
-                holder.clone(),
-                self.lease_ttl,
-            );
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    match store.try_lease(&key, &holder, ttl).await {
-                        Ok(true) => {}
-                        Ok(false) => {
-                            warn!(key, "lease lost while applying an event");
-                            return;
-                        }
-                        Err(e) => warn!(error = %e, key, "could not renew lease"),
-                    }
-                }
-            })
-        };
-        let result = self.handle_leased(env, &learner_id).await;
-        renew.abort();
-        if let Err(e) = self.store.release_lease(&key, &holder).await {
-            // The lease expires by itself; the outcome is already committed.
-            warn!(error = %e, learner_id, "could not release lease");
-        }
-        result
+        self.apply(vec![Item::Event(env.clone())])
+            .await
+            .pop()
+            .expect("one result per item")
     }
 
-    async fn acquire(&self, key: &str, holder: &str) -> Result<(), SyncError> {
+    /// One result per item, in input order. Takes the per-learner leases for all learners
+    /// of the batch in one store round trip; a learner leased elsewhere gives a transient
+    /// result for its items only. Within a learner, events are applied in
+    /// (`occurred_at`, id) order (R12), snapshots after them.
+    pub async fn apply(&self, items: Vec<Item>) -> Vec<Result<Outcome, SyncError>> {
+        let settings = self.settings.current();
+        let mut results: Vec<Option<Result<Outcome, SyncError>>> = vec![None; items.len()];
+        // Group by learner, in order of first appearance.
+        let mut work: Vec<LearnerWork> = Vec::new();
+        let mut index: HashMap<String, usize> = HashMap::new();
+        for (i, item) in items.iter().enumerate() {
+            let Some(lid) = item.learner_id() else {
+                let ty = match item {
+                    Item::Event(e) => e.event_type.as_str(),
+                    Item::Snapshot(_) => "snapshot",
+                };
+                results[i] = Some(Err(SyncError::BadEvent(format!(
+                    "{ty} event without its data"
+                ))));
+                continue;
+            };
+            let w = *index.entry(lid.to_string()).or_insert_with(|| {
+                work.push(LearnerWork {
+                    learner_id: lid.to_string(),
+                    items: Vec::new(),
+                });
+                work.len() - 1
+            });
+            work[w].items.push(i);
+        }
+        for w in &mut work {
+            // R12: events in (occurred_at, id) order; snapshots ("now") after them.
+            w.items
+                .sort_by(|a, b| order_key(&items[*a]).cmp(&order_key(&items[*b])));
+        }
+
+        let holder = uuid::Uuid::new_v4().to_string();
+        let mut pending: Vec<&LearnerWork> = work.iter().collect();
         let started = Instant::now();
         let mut wait = Duration::from_millis(5);
         loop {
-            if self.store.try_lease(key, holder, self.lease_ttl).await? {
-                return Ok(());
+            let keys: Vec<String> = pending.iter().map(|w| lease_key(&w.learner_id)).collect();
+            let granted: HashSet<String> =
+                match self.store.try_leases(&keys, &holder, self.lease_ttl).await {
+                    Ok(g) => g.into_iter().collect(),
+                    Err(e) => {
+                        let err = SyncError::from(e);
+                        for w in &pending {
+                            for &i in &w.items {
+                                results[i] = Some(Err(err.clone()));
+                            }
+                        }
+                        break;
+                    }
+                };
+            let (mine, busy): (Vec<&LearnerWork>, Vec<&LearnerWork>) = pending
+                .into_iter()
+                .partition(|w| granted.contains(&lease_key(&w.learner_id)));
+            if !mine.is_empty() {
+                let keys: Vec<String> = mine.iter().map(|w| lease_key(&w.learner_id)).collect();
+                let renew = self.spawn_renewal(keys.clone(), holder.clone());
+                for w in &mine {
+                    for (i, r) in self.apply_learner(&settings, &items, w).await {
+                        results[i] = Some(r);
+                    }
+                }
+                renew.abort();
+                if let Err(e) = self.store.release_leases(&keys, &holder).await {
+                    // The leases expire by themselves; the outcomes are already committed.
+                    warn!(error = %e, "could not release leases");
+                }
+            }
+            pending = busy;
+            if pending.is_empty() {
+                break;
             }
             if started.elapsed() > self.lease_wait {
-                return Err(SyncError::Transient {
-                    kind: "learner_busy",
-                    message: format!("{key} is being applied by another worker"),
-                });
+                for w in &pending {
+                    for &i in &w.items {
+                        results[i] = Some(Err(SyncError::transient(
+                            "learner_busy",
+                            format!(
+                                "learner {} is being applied by another worker",
+                                w.learner_id
+                            ),
+                        )));
+                    }
+                }
+                break;
             }
             let jitter = rand::random::<u64>() % (wait.as_millis() as u64 + 1);
             tokio::time::sleep(wait + Duration::from_millis(jitter)).await;
             wait = (wait * 2).min(Duration::from_millis(200));
         }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item settled"))
+            .collect()
     }
 
-    async fn handle_leased(&self, env: &Envelope, learner_id: &str) -> Result<Outcome, SyncError> {
+    /// Keep the leases while the batch is applied, however slow Salesforce is: renew them
+    /// every third of their TTL (a crashed holder still loses them after one TTL).
+    fn spawn_renewal(&self, keys: Vec<String>, holder: String) -> tokio::task::JoinHandle<()> {
+        let (store, ttl) = (self.store.clone(), self.lease_ttl);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                match store.try_leases(&keys, &holder, ttl).await {
+                    Ok(g) if g.len() == keys.len() => {}
+                    Ok(_) => warn!("a learner lease was lost while applying a batch"),
+                    Err(e) => warn!(error = %e, "could not renew leases"),
+                }
+            }
+        })
+    }
+
+    /// Apply one learner's items in order, under its lease.
+    async fn apply_learner(
+        &self,
+        settings: &SyncSettings,
+        items: &[Item],
+        w: &LearnerWork,
+    ) -> Vec<(usize, Result<Outcome, SyncError>)> {
+        let mut out = Vec::new();
+        let mut failed: Option<SyncError> = None;
+        for &i in &w.items {
+            // After a transient failure the learner's later items wait too (their order matters).
+            if let Some(e) = &failed {
+                out.push((i, Err(e.clone())));
+                continue;
+            }
+            let r = match &items[i] {
+                Item::Event(env) => self.event(settings, env, &w.learner_id).await,
+                Item::Snapshot(s) => self.snapshot(settings, s).await,
+            };
+            if let Err(e) = &r {
+                if e.is_transient() {
+                    failed = Some(e.clone());
+                }
+            }
+            out.push((i, r));
+        }
+        out
+    }
+
+    async fn event(
+        &self,
+        s: &SyncSettings,
+        env: &Envelope,
+        learner_id: &str,
+    ) -> Result<Outcome, SyncError> {
         let (kind, entity_id) = env
             .entity()
             .ok_or_else(|| SyncError::BadEvent("event without an entity".into()))?;
@@ -292,33 +335,36 @@ impl Engine {
             occurred_at: env.occurred_at,
             event_id: env.id.clone(),
         };
+        let record = |a: &Applied| EventRecord {
+            event_id: env.id.clone(),
+            event_type: env.event_type.as_str().to_string(),
+            learner_id: learner_id.to_string(),
+            occurred_at: env.occurred_at,
+            class: a.class,
+            code: a.code.as_str().to_string(),
+            detail: a.detail.clone(),
+            recorded_at: Utc::now(),
+        };
         // R12: an event id already applied is skipped.
         if self.store.is_processed(&env.id).await? {
-            return self
-                .commit(
-                    env,
-                    learner_id,
-                    None,
-                    Applied::skipped("duplicate", "event id already applied", None),
-                    true,
-                )
-                .await;
+            let a = Applied::skipped(Code::Duplicate, "event id already applied", None);
+            return self.commit(record(&a), a, None, true).await;
         }
         // R1: toggle off → recorded as skipped, nothing written.
-        if !self.settings.enabled {
-            let a = Applied::skipped("sync_disabled", "Inbound Learner Sync is off (R1)", None);
-            return self.commit(env, learner_id, None, a, true).await;
+        if !s.enabled {
+            let a = Applied::skipped(Code::SyncDisabled, "Inbound Learner Sync is off (R1)", None);
+            return self.commit(record(&a), a, None, true).await;
         }
         // R12: older than the last applied event of the same entity → stale.
         let last = self.store.entity_version(kind, entity_id).await?;
         if rules::is_stale(last.as_ref(), env.occurred_at, &env.id) {
             let last = last.expect("stale implies a version");
             let a = Applied::skipped(
-                "stale",
+                Code::Stale,
                 format!("older than {} at {}", last.event_id, last.occurred_at),
                 None,
             );
-            return self.commit(env, learner_id, None, a, true).await;
+            return self.commit(record(&a), a, None, true).await;
         }
         let state = self.store.learner(learner_id).await?;
         let step = match kind {
@@ -328,42 +374,78 @@ impl Engine {
                     .learner
                     .as_ref()
                     .expect("schema requires data.learner");
-                self.learner_event(env.event_type, learner, state.clone())
+                let active = rules::is_active(env.event_type, learner);
+                self.learner_sync(s, learner, active, state.clone(), None)
                     .await
             }
             EntityKind::Enrollment | EntityKind::Certification => {
-                self.child_event(env, learner_id, state.clone()).await
+                self.child_event(s, env, learner_id, state.clone()).await
             }
         };
         let entity = Some((kind, entity_id.to_string(), version));
         match step {
-            Ok(applied) => self.commit(env, learner_id, entity, applied, true).await,
+            Ok(a) => self.commit(record(&a), a, entity, true).await,
             Err(StepError::Transient(e)) => Err(e),
             Err(StepError::Permanent(p)) => {
-                // Recorded as failed (not marked processed, so a DLQ replay applies it).
-                let learner = Some(LearnerState {
-                    last_outcome: Some(format!("failed: {}", p.code)),
-                    last_error: Some(p.detail.clone()),
-                    updated_at: Utc::now(),
-                    ..state.unwrap_or_else(|| blank_state(learner_id))
-                });
-                let a = Applied {
-                    class: OutcomeClass::Failed,
-                    code: p.code,
-                    detail: p.detail,
-                    learner,
-                };
-                self.commit(env, learner_id, None, a, false).await
+                let a = failed(p, state, learner_id);
+                self.commit(record(&a), a, None, false).await
             }
         }
     }
 
-    async fn commit(
+    /// A learner snapshot (backfill, reconcile, console): see [`SnapshotItem`].
+    async fn snapshot(&self, s: &SyncSettings, item: &SnapshotItem) -> Result<Outcome, SyncError> {
+        let learner = &item.learner;
+        let record = |a: &Applied| EventRecord {
+            event_id: format!(
+                "{}:{}:{}",
+                item.origin.as_str(),
+                learner.id,
+                uuid::Uuid::now_v7()
+            ),
+            event_type: item.origin.event_type(),
+            learner_id: learner.id.clone(),
+            occurred_at: learner.updated_at,
+            class: a.class,
+            code: a.code.as_str().to_string(),
+            detail: format!("[{}] {}", item.origin.describe(), a.detail),
+            recorded_at: Utc::now(),
+        };
+        if !s.enabled {
+            let a = Applied::skipped(Code::SyncDisabled, "Inbound Learner Sync is off (R1)", None);
+            return self.commit(record(&a), a, None, false).await;
+        }
+        let state = self.store.learner(&learner.id).await?;
+        let active = learner.status == crate::model::LearnerStatus::Active;
+        match self
+            .learner_sync(s, learner, active, state.clone(), Some(item))
+            .await
+        {
+            Ok(a) => {
+                // Older learner events stay stale after the snapshot (R12).
+                let entity = Some((
+                    EntityKind::Learner,
+                    learner.id.clone(),
+                    EntityVersion {
+                        occurred_at: learner.updated_at,
+                        event_id: "~snapshot".into(),
+                    },
+                ));
+                self.commit(record(&a), a, entity, false).await
+            }
+            Err(StepError::Transient(e)) => Err(e),
+            Err(StepError::Permanent(p)) => {
+                let a = failed(p, state, &learner.id);
+                self.commit(record(&a), a, None, false).await
+            }
+        }
+    }
+
+    pub(super) async fn commit(
         &self,
-        env: &Envelope,
-        learner_id: &str,
-        entity: Option<(EntityKind, String, EntityVersion)>,
+        record: EventRecord,
         a: Applied,
+        entity: Option<(EntityKind, String, EntityVersion)>,
         mark_processed: bool,
     ) -> Result<Outcome, SyncError> {
         let now = Utc::now();
@@ -375,17 +457,8 @@ impl Engine {
             }
             s
         });
+        let learner_id = record.learner_id.clone();
         let commit = Commit {
-            record: EventRecord {
-                event_id: env.id.clone(),
-                event_type: env.event_type.as_str().to_string(),
-                learner_id: learner_id.to_string(),
-                occurred_at: env.occurred_at,
-                class: a.class,
-                code: a.code.to_string(),
-                detail: a.detail.clone(),
-                recorded_at: now,
-            },
             mark_processed: mark_processed && a.class != OutcomeClass::Failed,
             entity: if a.class == OutcomeClass::Failed {
                 None
@@ -393,531 +466,58 @@ impl Engine {
                 entity
             },
             learner,
+            record,
         };
         self.store.commit(&commit).await?;
-        debug!(event_id = %env.id, learner_id, outcome = a.class.as_str(), code = a.code, "event settled");
+        debug!(event_id = %commit.record.event_id, learner_id, outcome = a.class.as_str(), code = %a.code, "item settled");
         Ok(Outcome {
             class: a.class,
-            code: a.code.to_string(),
+            code: a.code,
             detail: a.detail,
-            learner_id: learner_id.to_string(),
+            learner_id,
         })
-    }
-
-    // ---------------------------------------------------------------- learners
-
-    async fn learner_event(
-        &self,
-        event: EventType,
-        learner: &Learner,
-        state: Option<LearnerState>,
-    ) -> StepResult<Applied> {
-        let active = rules::is_active(event, learner);
-        let in_scope = if active {
-            self.scope
-                .in_scope(learner.department_id.as_deref())
-                .await?
-        } else {
-            true // irrelevant: inactive learners are unlinked wherever they are
-        };
-        let plan = rules::plan_learner(active, in_scope, state.as_ref());
-        self.execute_plan(plan, learner, state).await
-    }
-
-    async fn execute_plan(
-        &self,
-        plan: LearnerPlan,
-        learner: &Learner,
-        state: Option<LearnerState>,
-    ) -> StepResult<Applied> {
-        match plan {
-            LearnerPlan::Skip { code, new_link } => {
-                let learner_state = match (new_link, state) {
-                    (Some(link), Some(s)) => Some(LearnerState { link, ..s }),
-                    (_, s) => s,
-                };
-                let why = match code {
-                    "out_of_scope" => format!(
-                        "department {} is outside the configured scope (R3)",
-                        learner.department_id.as_deref().unwrap_or("(none)")
-                    ),
-                    "inactive_not_synced" => "inactive learner that was never synced".to_string(),
-                    _ => "learner is already unlinked (R9)".to_string(),
-                };
-                Ok(Applied::skipped(code, why, learner_state))
-            }
-            LearnerPlan::Unlink { contact_id, to } => {
-                self.unlink(&contact_id).await?;
-                let s = state.unwrap_or_else(|| blank_state(&learner.id));
-                let why = if to == LinkState::Deactivated {
-                    "learner deactivated: Contact kept, link removed (R9)"
-                } else {
-                    "learner left the scope: Contact kept, link removed (R3)"
-                };
-                Ok(Applied::done(
-                    "unlinked",
-                    format!("{why}; Contact {contact_id} remembered"),
-                    Some(LearnerState {
-                        link: to,
-                        contact_id: Some(contact_id),
-                        ..s
-                    }),
-                ))
-            }
-            LearnerPlan::Sync {
-                relink,
-                resync_children,
-            } => {
-                let (code, detail, new_state) = self.sync_learner(learner, state, relink).await?;
-                let mut detail = detail;
-                if resync_children {
-                    let contact = new_state
-                        .contact_id
-                        .clone()
-                        .expect("synced learner has a Contact");
-                    let n = self.resync_children(&learner.id, &contact).await?;
-                    detail.push_str(&format!("; re-synced {n} enrollments/certifications (R10)"));
-                }
-                Ok(Applied::done(code, detail, Some(new_state)))
-            }
-        }
-    }
-
-    /// R9: clear the link on the Contact (the Contact stays). A Contact deleted meanwhile is fine.
-    async fn unlink(&self, contact_id: &str) -> StepResult<()> {
-        let mut r = Record::new();
-        r.insert(self.settings.link_field.clone(), Value::Null);
-        match self.sf.update("Contact", contact_id, &r).await {
-            Ok(()) | Err(SfError::NotFound) => Ok(()),
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// R4–R8, R10: make the learner's Contact exist, linked, in the right Account, with
-    /// the mapped fields. Returns (code, detail, new state).
-    async fn sync_learner(
-        &self,
-        learner: &Learner,
-        state: Option<LearnerState>,
-        relink: Option<String>,
-    ) -> StepResult<(&'static str, String, LearnerState)> {
-        let account_id = self.resolve_account(learner).await?;
-        let mut fields = rules::contact_fields(&self.settings, learner, &account_id);
-        let previous_account = state.as_ref().and_then(|s| s.account_id.clone());
-        let was_linked = state.as_ref().is_some_and(|s| s.link == LinkState::Linked);
-        let moved = previous_account.as_deref().is_some_and(|a| a != account_id);
-        let link_field = self.settings.link_field.clone();
-        let new_state = |contact: String| LearnerState {
-            learner_id: learner.id.clone(),
-            contact_id: Some(contact),
-            link: LinkState::Linked,
-            account_id: Some(account_id.clone()),
-            last_outcome: None,
-            last_error: None,
-            updated_at: Utc::now(),
-        };
-
-        // R8: a linked learner is found by its link, not re-matched (one call: update by Id).
-        if let Some(contact) = relink {
-            if !was_linked {
-                // R10: the remembered Contact may have been taken by another learner meanwhile.
-                match self.sf.get("Contact", &contact, &[&link_field]).await {
-                    Ok(rec) => {
-                        if let Some(other) = rec.get(&link_field).and_then(Value::as_str) {
-                            if !other.is_empty() && !other.eq_ignore_ascii_case(&learner.id) {
-                                return Err(Permanent::new(
-                                    "contact_conflict",
-                                    format!("remembered Contact {contact} is now linked to learner {other}"),
-                                )
-                                .into());
-                            }
-                        }
-                    }
-                    Err(SfError::NotFound) => {}
-                    Err(e) => return Err(e.into()),
-                }
-            }
-            fields.insert(link_field.clone(), json!(learner.id));
-            match self.update_contact(&contact, &fields, &account_id).await {
-                Ok(()) => {
-                    let (code, what) = match (was_linked, moved) {
-                        (false, _) => ("relinked", "re-linked to remembered Contact (R10)"),
-                        (true, true) => ("moved", "Contact updated and moved to its Account (R7)"),
-                        (true, false) => ("updated", "Contact updated"),
-                    };
-                    return Ok((code, format!("{what} {contact}"), new_state(contact)));
-                }
-                Err(StepError::Permanent(p)) if p.code == "not_found" => {
-                    info!(learner_id = %learner.id, contact, "linked Contact was deleted in Salesforce; matching again (R10)");
-                    fields.remove(&link_field);
-                }
-                Err(e) => return Err(e),
-            }
-        }
-
-        // R5: match on the configured field; the same query finds a Contact already carrying
-        // our link (crash between the Salesforce write and the store commit).
-        let match_field = &self.settings.match_field;
-        let mut select_fields = vec!["Id", link_field.as_str()];
-        if match_field != &link_field && match_field != "Id" {
-            select_fields.push(match_field.as_str());
-        }
-        let query = format!(
-            "SELECT {} FROM Contact WHERE {} OR {} LIMIT 10",
-            select_fields.join(", "),
-            soql::eq(match_field, &learner.username),
-            soql::eq(&link_field, &learner.id),
-        );
-        let rows: Vec<rules::ContactRow> = self
-            .sf
-            .query(&query)
-            .await?
-            .iter()
-            .filter_map(|r| rules::ContactRow::from_record(r, &link_field, match_field))
-            .collect();
-        match rules::decide_match(&learner.id, &learner.username, &rows)? {
-            MatchDecision::Linked(contact) | MatchDecision::Link(contact)
-                if rows.iter().any(|r| r.id == contact) =>
-            {
-                let already = rows.iter().any(|r| {
-                    r.id == contact
-                        && r.link
-                            .as_deref()
-                            .is_some_and(|l| l.eq_ignore_ascii_case(&learner.id))
-                });
-                fields.insert(link_field.clone(), json!(learner.id));
-                self.update_contact(&contact, &fields, &account_id).await?;
-                let (code, what) = if already {
-                    ("updated", "Contact found by its link and updated (R8)")
-                } else {
-                    (
-                        "linked",
-                        "linked to the existing Contact matching the username (R5)",
-                    )
-                };
-                Ok((code, format!("{what}: {contact}"), new_state(contact)))
-            }
-            MatchDecision::Linked(_) | MatchDecision::Link(_) => {
-                unreachable!("decision comes from rows")
-            }
-            MatchDecision::Create => {
-                // docs/rules.md "Salesforce" crash safety: create through the external-id upsert, so a retry
-                // after a crash updates the same Contact instead of creating a second one.
-                let res = self
-                    .with_account_retry(&account_id, || async {
-                        self.sf
-                            .upsert("Contact", &link_field, &learner.id, &fields)
-                            .await
-                    })
-                    .await?;
-                let code = if res.created { "created" } else { "updated" };
-                let what = if res.created {
-                    "no Contact matched: created Contact (R5)"
-                } else {
-                    "Contact found by its link and updated (R8)"
-                };
-                Ok((
-                    code,
-                    format!("{what} {} under Account {account_id}", res.id),
-                    new_state(res.id),
-                ))
-            }
-        }
-    }
-
-    async fn update_contact(&self, id: &str, fields: &Record, account_id: &str) -> StepResult<()> {
-        self.with_account_retry(account_id, || async {
-            self.sf.update("Contact", id, fields).await
-        })
-        .await
-    }
-
-    /// A cached Account that was deleted or merged makes the write fail with a reference
-    /// error: drop it from the cache and let the event retry (it will look the name up again).
-    async fn with_account_retry<T, F, Fut>(&self, account_id: &str, f: F) -> StepResult<T>
-    where
-        F: Fn() -> Fut,
-        Fut: std::future::Future<Output = Result<T, SfError>>,
-    {
-        match f().await {
-            Ok(v) => Ok(v),
-            Err(e @ SfError::Permanent { .. })
-                if matches!(
-                    e.code(),
-                    "INVALID_CROSS_REFERENCE_KEY"
-                        | "ENTITY_IS_DELETED"
-                        | "FIELD_INTEGRITY_EXCEPTION"
-                ) && self.accounts.get_by_id(account_id) =>
-            {
-                self.accounts.invalidate_id(account_id);
-                Err(StepError::Transient(SyncError::Transient {
-                    kind: "salesforce",
-                    message: format!(
-                        "cached Account {account_id} was rejected ({}); looking it up again",
-                        e.code()
-                    ),
-                }))
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// R4: the destination Account. Never creates one.
-    async fn resolve_account(&self, learner: &Learner) -> StepResult<String> {
-        match rules::account_target(&self.settings, learner)? {
-            AccountTarget::Id(id) => Ok(id),
-            AccountTarget::Name(name) => {
-                if let Some(id) = self.accounts.get(&name) {
-                    return Ok(id);
-                }
-                let q = format!(
-                    "SELECT Id FROM Account WHERE {} LIMIT 2",
-                    soql::eq("Name", &name)
-                );
-                let ids: Vec<String> = self
-                    .sf
-                    .query(&q)
-                    .await?
-                    .iter()
-                    .filter_map(|r| r.get("Id").and_then(Value::as_str).map(String::from))
-                    .collect();
-                let id = rules::pick_account(&name, &ids)?;
-                self.accounts.put(&name, &id);
-                Ok(id)
-            }
-        }
-    }
-
-    // ------------------------------------------------- enrollments & certifications
-
-    /// R11: upsert (or delete) a child record of a linked learner, syncing the learner from
-    /// its SkillSync snapshot first when it was never synced.
-    async fn child_event(
-        &self,
-        env: &Envelope,
-        learner_id: &str,
-        state: Option<LearnerState>,
-    ) -> StepResult<Applied> {
-        let mut prefix = String::new();
-        let mut state = state;
-        if state.is_none() {
-            let Some(snapshot) = self.ss.learner(learner_id).await? else {
-                return Ok(Applied::skipped(
-                    "learner_unknown",
-                    format!("learner {learner_id} does not exist in SkillSync"),
-                    None,
-                ));
-            };
-            let applied = self
-                .learner_event(EventType::LearnerUpdated, &snapshot, None)
-                .await?;
-            prefix = format!(
-                "learner first synced from its snapshot ({}: {}); ",
-                applied.code, applied.detail
-            );
-            if let Some(s) = &applied.learner {
-                // Record the snapshot's version so older learner events stay stale (R12).
-                self.store
-                    .commit(&Commit {
-                        record: EventRecord {
-                            event_id: format!("snapshot:{}:{}", learner_id, env.id),
-                            event_type: "learner.snapshot".into(),
-                            learner_id: learner_id.into(),
-                            occurred_at: snapshot.updated_at,
-                            class: applied.class,
-                            code: applied.code.into(),
-                            detail: applied.detail.clone(),
-                            recorded_at: Utc::now(),
-                        },
-                        mark_processed: false,
-                        entity: Some((
-                            EntityKind::Learner,
-                            learner_id.to_string(),
-                            EntityVersion {
-                                occurred_at: snapshot.updated_at,
-                                event_id: "~snapshot".into(),
-                            },
-                        )),
-                        learner: Some(LearnerState {
-                            last_outcome: Some(format!(
-                                "{}: {}",
-                                applied.class.as_str(),
-                                applied.code
-                            )),
-                            ..s.clone()
-                        }),
-                    })
-                    .await?;
-            }
-            state = applied.learner;
-        }
-        let contact = match state.as_ref() {
-            Some(s) if s.link == LinkState::Linked && s.contact_id.is_some() => {
-                s.contact_id.clone().unwrap()
-            }
-            Some(s) => {
-                return Ok(Applied::skipped(
-                    "learner_not_linked",
-                    format!(
-                        "{prefix}learner is {} (R11: only linked learners' records sync)",
-                        s.link.as_str()
-                    ),
-                    None,
-                ))
-            }
-            None => {
-                return Ok(Applied::skipped(
-                    "learner_not_linked",
-                    format!("{prefix}learner is not synced"),
-                    None,
-                ))
-            }
-        };
-        let (object, ext_field, ext_id, fields) =
-            match (&env.data.enrollment, &env.data.certification) {
-                (Some(e), _) if env.event_type.entity() == EntityKind::Enrollment => (
-                    rules::ENROLLMENT_OBJECT,
-                    rules::ENROLLMENT_EXT_ID,
-                    e.id.clone(),
-                    rules::enrollment_fields(e, &contact),
-                ),
-                (_, Some(c)) => (
-                    rules::CERTIFICATION_OBJECT,
-                    rules::CERTIFICATION_EXT_ID,
-                    c.id.clone(),
-                    rules::certification_fields(c, &contact),
-                ),
-                _ => return Err(Permanent::new("bad_event", "event without its record").into()),
-            };
-        if env.event_type == EventType::EnrollmentDeleted {
-            return match self
-                .sf
-                .delete_by_external_id(object, ext_field, &ext_id)
-                .await
-            {
-                Ok(()) => Ok(Applied::done(
-                    "deleted",
-                    format!("{prefix}{object} {ext_id} deleted (R11)"),
-                    None,
-                )),
-                Err(SfError::NotFound) => Ok(Applied::done(
-                    "deleted",
-                    format!("{prefix}{object} {ext_id} was already absent (R11)"),
-                    None,
-                )),
-                Err(e) => Err(e.into()),
-            };
-        }
-        let res = self.sf.upsert(object, ext_field, &ext_id, &fields).await?;
-        Ok(Applied::done(
-            "upserted",
-            format!(
-                "{prefix}{object} {ext_id} {} as {} on Contact {contact} (R11)",
-                if res.created { "created" } else { "updated" },
-                res.id
-            ),
-            None,
-        ))
-    }
-
-    /// R10: re-sync every enrollment and certification of a re-linked learner from SkillSync
-    /// (sObject Collections, ≤200 records per call). Returns how many records were written.
-    async fn resync_children(&self, learner_id: &str, contact: &str) -> StepResult<usize> {
-        let enrollments = self.ss.enrollments(learner_id).await?;
-        let certifications = self.ss.certifications(learner_id).await?;
-        let with_ext = |mut r: Record, object: &str, field: &str, id: &str| {
-            r.insert("attributes".into(), json!({ "type": object }));
-            r.insert(field.into(), json!(id));
-            r
-        };
-        let e_records: Vec<Record> = enrollments
-            .iter()
-            .map(|e| {
-                with_ext(
-                    rules::enrollment_fields(e, contact),
-                    rules::ENROLLMENT_OBJECT,
-                    rules::ENROLLMENT_EXT_ID,
-                    &e.id,
-                )
-            })
-            .collect();
-        let c_records: Vec<Record> = certifications
-            .iter()
-            .map(|c| {
-                with_ext(
-                    rules::certification_fields(c, contact),
-                    rules::CERTIFICATION_OBJECT,
-                    rules::CERTIFICATION_EXT_ID,
-                    &c.id,
-                )
-            })
-            .collect();
-        let mut written = 0;
-        for (object, field, records) in [
-            (
-                rules::ENROLLMENT_OBJECT,
-                rules::ENROLLMENT_EXT_ID,
-                &e_records,
-            ),
-            (
-                rules::CERTIFICATION_OBJECT,
-                rules::CERTIFICATION_EXT_ID,
-                &c_records,
-            ),
-        ] {
-            if records.is_empty() {
-                continue;
-            }
-            let results = self.sf.upsert_many(object, field, records, false).await?;
-            let failed: Vec<String> = results
-                .iter()
-                .filter(|r| !r.success)
-                .flat_map(|r| {
-                    r.errors
-                        .iter()
-                        .map(|e| format!("{}: {}", e.error_code, e.message))
-                })
-                .collect();
-            if !failed.is_empty() {
-                return Err(Permanent::new(
-                    "salesforce_rejected",
-                    format!(
-                        "{} {object} records rejected: {}",
-                        failed.len(),
-                        failed.join("; ")
-                    ),
-                )
-                .into());
-            }
-            written += results.len();
-        }
-        Ok(written)
     }
 }
 
-impl AccountCache {
-    fn get_by_id(&self, id: &str) -> bool {
-        self.map.lock().unwrap().values().any(|(v, _)| v == id)
-    }
-}
-
-fn blank_state(learner_id: &str) -> LearnerState {
-    LearnerState {
-        learner_id: learner_id.to_string(),
-        contact_id: None,
-        link: LinkState::Unlinked,
-        account_id: None,
-        last_outcome: None,
-        last_error: None,
+/// A permanent failure: recorded as failed (not marked processed, so a DLQ replay applies it).
+fn failed(p: Permanent, state: Option<LearnerState>, learner_id: &str) -> Applied {
+    let learner = Some(LearnerState {
+        last_outcome: Some(format!("failed: {}", p.code)),
+        last_error: Some(p.detail.clone()),
         updated_at: Utc::now(),
+        ..state.unwrap_or_else(|| LearnerState::blank(learner_id))
+    });
+    Applied {
+        class: OutcomeClass::Failed,
+        code: p.code,
+        detail: p.detail,
+        learner,
     }
 }
 
-#[async_trait]
-impl ScopePort for crate::skillsync::scope::ScopeResolver {
-    async fn in_scope(&self, department_id: Option<&str>) -> Result<bool, SsError> {
-        crate::skillsync::scope::ScopeResolver::in_scope(self, department_id).await
+fn lease_key(learner_id: &str) -> String {
+    format!("learner:{learner_id}")
+}
+
+/// Order of a learner's items: events by (occurred_at, id) (R12), then snapshots.
+fn order_key(item: &Item) -> (u8, i64, String) {
+    match item {
+        Item::Event(e) => (0, e.occurred_at.timestamp_micros(), e.id.clone()),
+        Item::Snapshot(_) => (1, 0, String::new()),
     }
+}
+
+/// Outcome counts of a batch (logs, summaries).
+pub fn tally(results: &[Result<Outcome, SyncError>]) -> BTreeMap<String, u64> {
+    let mut m = BTreeMap::new();
+    for r in results {
+        let k = match r {
+            Ok(o) => format!("{}:{}", o.class.as_str(), o.code),
+            Err(e) => format!("retry:{}", e.kind()),
+        };
+        *m.entry(k).or_insert(0) += 1;
+    }
+    m
 }
 
 #[cfg(test)]

@@ -66,7 +66,7 @@ async fn setup(
         Duration::from_secs(60),
     ));
     let engine = Engine::new(
-        settings,
+        SettingsHandle::fixed(settings),
         Arc::new(org.clone()),
         Arc::new(lms.clone()),
         scope,
@@ -478,7 +478,7 @@ async fn lease_is_renewed_while_a_slow_event_is_applied() {
         ..Default::default()
     };
     let engine = Arc::new(Engine::new(
-        settings,
+        SettingsHandle::fixed(settings),
         Arc::new(t.org.clone()),
         Arc::new(t.lms.clone()),
         scope,
@@ -537,3 +537,6 @@ async fn r5_matching_on_a_configured_field_other_than_email() {
         "Email maps from learner.email"
     );
 }
+
+#[path = "apply_tests.rs"]
+mod apply;

@@ -1,4 +1,4 @@
-//! The rules engine (docs/rules.md, R1–R12).
+//! The rules engine (docs/rules.md, R1–R12) and the one apply path ([`Engine::apply`]).
 
 use crate::model::Learner;
 
@@ -35,9 +35,17 @@ impl LearnerAttr {
 }
 
 pub mod backfill;
+mod children;
 pub mod engine;
+pub mod item;
+mod learner;
+pub mod outcome;
 pub mod rules;
 pub mod settings;
+pub mod state;
 
-pub use engine::{Engine, Outcome, ScopePort, SyncError};
+pub use engine::{Engine, ScopePort};
+pub use item::{Children, Item, Origin, SnapshotItem};
+pub use outcome::{Code, Outcome, OutcomeClass, Permanent, SyncError};
 pub use settings::{SettingsHandle, SettingsWatch};
+pub use state::{EntityVersion, LearnerState, LinkState};

@@ -5,29 +5,13 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
+use super::outcome::{Code, Permanent};
+use super::state::{EntityVersion, LearnerState, LinkState};
 use crate::config::{AccountRule, SyncSettings};
 use crate::model::{Certification, Enrollment, EventType, Learner, LearnerStatus};
 use crate::salesforce::Record;
-use crate::store::{EntityVersion, LearnerState, LinkState};
 
 use super::LearnerAttr;
-
-/// Why an event could not be applied and will not succeed by retrying as is.
-/// The code is the DLQ reason kind (R13).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Permanent {
-    pub code: &'static str,
-    pub detail: String,
-}
-
-impl Permanent {
-    pub fn new(code: &'static str, detail: impl Into<String>) -> Self {
-        Self {
-            code,
-            detail: detail.into(),
-        }
-    }
-}
 
 /// R12: is an event at (`occurred_at`, `event_id`) not newer than the last applied one?
 pub fn is_stale(last: Option<&EntityVersion>, occurred_at: DateTime<Utc>, event_id: &str) -> bool {
@@ -63,7 +47,7 @@ pub enum LearnerPlan {
     Unlink { contact_id: String, to: LinkState },
     /// Nothing to write; record why.
     Skip {
-        code: &'static str,
+        code: Code,
         new_link: Option<LinkState>,
     },
 }
@@ -80,11 +64,11 @@ pub fn plan_learner(active: bool, in_scope: bool, state: Option<&LearnerState>) 
                 to: LinkState::Deactivated,
             },
             (Some(_), _) => LearnerPlan::Skip {
-                code: "already_unlinked",
+                code: Code::AlreadyUnlinked,
                 new_link: Some(LinkState::Deactivated),
             },
             (None, _) => LearnerPlan::Skip {
-                code: "inactive_not_synced",
+                code: Code::InactiveNotSynced,
                 new_link: None,
             },
         };
@@ -98,12 +82,12 @@ pub fn plan_learner(active: bool, in_scope: bool, state: Option<&LearnerState>) 
             },
             (Some(LinkState::Deactivated), _) | (Some(LinkState::OutOfScope), _) => {
                 LearnerPlan::Skip {
-                    code: "out_of_scope",
+                    code: Code::OutOfScope,
                     new_link: Some(LinkState::OutOfScope),
                 }
             }
             _ => LearnerPlan::Skip {
-                code: "out_of_scope",
+                code: Code::OutOfScope,
                 new_link: None,
             },
         };
@@ -141,7 +125,7 @@ pub fn account_target(s: &SyncSettings, learner: &Learner) -> Result<AccountTarg
             .map(AccountTarget::Name)
             .ok_or_else(|| {
                 Permanent::new(
-                    "account_not_found",
+                    Code::AccountNotFound,
                     "learner has no department_name to match an Account Name (rule B)",
                 )
             }),
@@ -154,7 +138,7 @@ pub fn account_target(s: &SyncSettings, learner: &Learner) -> Result<AccountTarg
         .map(AccountTarget::Name)
         .ok_or_else(|| {
             Permanent::new(
-                "account_not_found",
+                Code::AccountNotFound,
                 format!(
                     "learner field {:?} is empty: no Account Name to match (rule C)",
                     s.account_field
@@ -170,11 +154,11 @@ pub fn pick_account(name: &str, ids: &[String]) -> Result<String, Permanent> {
     match ids {
         [one] => Ok(one.clone()),
         [] => Err(Permanent::new(
-            "account_not_found",
+            Code::AccountNotFound,
             format!("no Account named {name:?} (Accounts are never created)"),
         )),
         many => Err(Permanent::new(
-            "account_ambiguous",
+            Code::AccountAmbiguous,
             format!(
                 "{} Accounts are named {name:?}: {}",
                 many.len(),
@@ -245,7 +229,7 @@ pub fn decide_match(
         [] => Ok(MatchDecision::Create),
         [one] => match one.link.as_deref() {
             Some(other) => Err(Permanent::new(
-                "contact_conflict",
+                Code::ContactConflict,
                 format!(
                     "Contact {} matches username {username:?} but is linked to learner {other}",
                     one.id
@@ -254,7 +238,7 @@ pub fn decide_match(
             None => Ok(MatchDecision::Link(one.id.clone())),
         },
         many => Err(Permanent::new(
-            "contact_ambiguous",
+            Code::ContactAmbiguous,
             format!(
                 "{} Contacts match username {username:?}: {}",
                 many.len(),
@@ -417,7 +401,7 @@ mod tests {
         assert!(matches!(
             plan_learner(false, true, None),
             LearnerPlan::Skip {
-                code: "inactive_not_synced",
+                code: Code::InactiveNotSynced,
                 ..
             }
         ));
@@ -426,7 +410,7 @@ mod tests {
         assert!(matches!(
             plan_learner(false, true, Some(&d)),
             LearnerPlan::Skip {
-                code: "already_unlinked",
+                code: Code::AlreadyUnlinked,
                 ..
             }
         ));
@@ -457,7 +441,7 @@ mod tests {
         assert!(matches!(
             plan_learner(true, false, None),
             LearnerPlan::Skip {
-                code: "out_of_scope",
+                code: Code::OutOfScope,
                 new_link: None
             }
         ));
