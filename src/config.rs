@@ -174,8 +174,15 @@ pub struct SalesforceSettings {
     pub api_version: String,
     /// Per-call timeout.
     pub timeout_secs: u64,
-    /// Above this fraction of `Sforce-Limit-Info` api-usage, calls are slowed down.
-    pub api_usage_threshold: f64,
+    /// The largest share of the org's daily API limit syncback may bring its usage to
+    /// (budget governor, `salesforce::budget`): bulk work pauses first, live calls slow
+    /// down then wait. In (0, 1].
+    pub max_api_share: f64,
+    /// While paused, how often the usage is re-read (`GET /limits`, one API call).
+    pub budget_poll_ms: u64,
+    /// Deprecated: replaced by `max_api_share` (accepted, ignored, warned about).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_usage_threshold: Option<f64>,
     /// How long Account-name lookups are cached (R4).
     pub account_cache_ttl_secs: u64,
 }
@@ -191,7 +198,9 @@ impl Default for SalesforceSettings {
             private_key_path: String::new(),
             api_version: "61.0".into(),
             timeout_secs: 30,
-            api_usage_threshold: 0.9,
+            max_api_share: 0.5,
+            budget_poll_ms: 60_000,
+            api_usage_threshold: None,
             account_cache_ttl_secs: 300,
         }
     }
@@ -388,6 +397,19 @@ impl Settings {
             .map_err(|e| ConfigError::Load(Box::new(e)))
     }
 
+    /// Things that work but deserve the operator's attention (deprecated keys), printed by
+    /// `config check` and logged at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(t) = self.salesforce.api_usage_threshold {
+            w.push(format!(
+                "salesforce.api_usage_threshold = {t} is no longer used: the budget governor slows and pauses calls by salesforce.max_api_share (now {}) — remove the key",
+                self.salesforce.max_api_share
+            ));
+        }
+        w
+    }
+
     /// Static checks of what `role` needs (no network). Returns every problem at once.
     pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
@@ -468,6 +490,18 @@ impl Settings {
                         ));
                     }
                 }
+            }
+            let share = self.salesforce.max_api_share;
+            if !(share > 0.0 && share <= 1.0) {
+                errs.push(format!(
+                    "salesforce.max_api_share: {share} is not a share of the daily API limit (0 < x ≤ 1, e.g. 0.5)"
+                ));
+            }
+            if self.salesforce.budget_poll_ms < 100 {
+                errs.push(format!(
+                    "salesforce.budget_poll_ms: {} is too short (≥ 100; each poll is one API call)",
+                    self.salesforce.budget_poll_ms
+                ));
             }
             if self.skillsync.base_url.is_empty() {
                 errs.push("skillsync.base_url is required".into());
