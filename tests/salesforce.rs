@@ -636,18 +636,7 @@ async fn in_process_org_behaves_like_the_http_one() {
 /// `tests/py/sf_fidelity.py` drives the sandbox with `simple-salesforce`.
 #[tokio::test]
 async fn simple_salesforce_talks_to_the_sandbox() {
-    let has_module = std::process::Command::new("python3")
-        .args(["-c", "import simple_salesforce"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_module {
-        if syncback::testing::in_ci() {
-            panic!("python3 with simple-salesforce is required when CI=true");
-        }
-        eprintln!(
-            "\n!!!!! SKIPPING simple_salesforce_talks_to_the_sandbox: `python3 -m pip install \
-             simple-salesforce` to run it !!!!!\n"
-        );
+    if !syncback::testing::python_module("simple_salesforce", "simple-salesforce") {
         return;
     }
     let (org, _client, base) = setup().await;
