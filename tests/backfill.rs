@@ -174,6 +174,7 @@ async fn run_backfill(
         restart: false,
         progress: false,
         sf_calls: Some(&calls),
+        budget: None,
     }
     .run()
     .await
@@ -393,6 +394,7 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
                 restart: false,
                 progress: false,
                 sf_calls: None,
+                budget: None,
             }
             .run()
             .await
