@@ -11,6 +11,7 @@ use crate::config::{LogFormat, Role, Settings};
 mod commands;
 pub mod demo;
 mod dlq;
+pub mod reconcile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -60,6 +61,10 @@ pub enum Command {
         cmd: LearnerCmd,
     },
     /// Sync every in-scope learner in batches (for turning the sync on for an existing department).
+    /// Find drift between SkillSync, the store and Salesforce, and repair it through the
+    /// same apply path as events. Exit code: 0 in sync (or all repaired), 2 drift remains,
+    /// 3 repairs failed.
+    Reconcile(reconcile::ReconcileArgs),
     Backfill {
         /// Print the plan without writing to Salesforce.
         #[arg(long)]
@@ -271,6 +276,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: ConfigCmd::Check { role, offline },
         } => commands::config_check(settings, role.into(), offline).await,
         Command::Sandbox { cmd } => commands::sandbox(cmd).await,
+        Command::Reconcile(args) => reconcile::run(settings, args, None).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
 }
@@ -305,6 +311,19 @@ mod tests {
             vec!["syncback", "dlq", "purge", "--yes"],
             vec!["syncback", "learner", "status", "L1"],
             vec!["syncback", "backfill", "--dry-run"],
+            vec![
+                "syncback",
+                "reconcile",
+                "--learner",
+                "L1",
+                "--learner",
+                "L2",
+                "--dry-run",
+                "--json",
+                "--csv",
+                "drift.csv",
+            ],
+            vec!["syncback", "reconcile", "--department", "43"],
             vec!["syncback", "config", "check"],
             vec![
                 "syncback",

@@ -285,7 +285,9 @@ impl Reconciler {
         let repair = match (&self.repair, dry_run) {
             (_, true) => None,
             (Some(r), false) => Some(r.clone()),
-            (None, false) => anyhow::bail!("no apply path to repair through"),
+            (None, false) => anyhow::bail!(
+                "this reconciler has no apply path to repair through; run with --dry-run"
+            ),
         };
         let loader = self.loader();
         let (learners, carriers) = self.select(&loader, selection).await?;
