@@ -90,6 +90,12 @@ impl Settings {
                 errs.push("queue.retry_delays_secs: at least one delay step".into());
             }
         }
+        if works && self.reconcile.uncertain_after_secs == 0 {
+            errs.push(
+                "reconcile.uncertain_after_secs must be at least 1 (seconds within which an uncertain write is re-verified)"
+                    .into(),
+            );
+        }
         if works || role == Role::Status {
             let u = self.store.url.expose();
             if !(u.starts_with("sqlite:")
