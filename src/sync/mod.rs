@@ -40,6 +40,7 @@ pub mod engine;
 pub mod item;
 mod learner;
 pub mod outcome;
+pub mod reconcile;
 pub mod rules;
 pub mod settings;
 pub mod state;

@@ -5,7 +5,7 @@
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use super::outcome::{Code, Permanent};
+pub use super::outcome::{Code, Permanent};
 use super::state::{EntityVersion, LearnerState, LinkState};
 use crate::config::{AccountRule, SyncSettings};
 use crate::model::{Certification, Enrollment, EventType, Learner, LearnerStatus};
