@@ -27,6 +27,12 @@ pub const SF_CALLS: &str = "syncback_salesforce_calls_total";
 /// Last `Sforce-Limit-Info` api-usage (used and max).
 pub const SF_API_USAGE: &str = "syncback_salesforce_api_usage";
 pub const SF_API_LIMIT: &str = "syncback_salesforce_api_limit";
+/// Seconds Salesforce calls spent waiting for the API budget (paused or slowed), label
+/// `priority` (`live`/`bulk`).
+pub const SF_BUDGET_PAUSED_SECONDS: &str = "syncback_salesforce_budget_paused_seconds_total";
+/// 1 while the budget governor holds a priority's calls (`salesforce.max_api_share`),
+/// label `priority` (`live`/`bulk`).
+pub const SF_BUDGET_PAUSED: &str = "syncback_salesforce_budget_paused";
 /// SkillSync API calls, labels `endpoint`, `status`.
 pub const SS_CALLS: &str = "syncback_skillsync_calls_total";
 /// Queue depths, label `queue` (`main`/`retry`/`dead`).
@@ -47,6 +53,8 @@ pub const ALL: &[&str] = &[
     SF_CALLS,
     SF_API_USAGE,
     SF_API_LIMIT,
+    SF_BUDGET_PAUSED_SECONDS,
+    SF_BUDGET_PAUSED,
     SS_CALLS,
     QUEUE_DEPTH,
     QUEUE_AGE_SECONDS,

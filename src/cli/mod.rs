@@ -8,6 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{LogFormat, Role, Settings};
 
+pub mod budget;
 mod commands;
 pub mod demo;
 mod dlq;
