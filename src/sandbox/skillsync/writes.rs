@@ -26,8 +26,17 @@ use crate::model::{Certification, Enrollment, Learner, LearnerStatus};
 
 type Object = Map<String, Value>;
 
-fn invalid(message: impl Into<String>) -> Response {
-    err(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+/// A refused write: status, error code, message.
+struct Refused(StatusCode, &'static str, String);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        err(self.0, self.1, self.2)
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Refused {
+    Refused(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message.into())
 }
 
 fn now() -> Value {
@@ -36,11 +45,15 @@ fn now() -> Value {
 
 fn object(
     body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
-) -> Result<Object, Response> {
+) -> Result<Object, Refused> {
     match body {
         Ok(Json(Value::Object(o))) => Ok(o),
         Ok(_) => Err(invalid("the body must be a JSON object")),
-        Err(e) => Err(err(StatusCode::BAD_REQUEST, "bad_request", e.body_text())),
+        Err(e) => Err(Refused(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            e.body_text(),
+        )),
     }
 }
 
@@ -58,7 +71,7 @@ fn generated_id(prefix: &str) -> Value {
 }
 
 /// Fill defaults and check a learner body against the departments.
-fn learner_from(lms: &Lms, mut o: Object) -> Result<Learner, Response> {
+fn learner_from(lms: &Lms, mut o: Object) -> Result<Learner, Refused> {
     default(&mut o, "id", generated_id("L"));
     default(&mut o, "status", json!("active"));
     default(&mut o, "updated_at", now());
@@ -107,7 +120,7 @@ pub(super) async fn h_create_learner(
 ) -> Response {
     let l = match object(body).and_then(|o| learner_from(&lms, o)) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if lms.learner(&l.id).is_some() {
         return err(
@@ -139,7 +152,7 @@ pub(super) async fn h_put_learner(
         learner_from(&lms, o)
     }) {
         Ok(l) => l,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let before = lms.learner(&l.id);
     lms.upsert_learner(l.clone());
@@ -163,7 +176,7 @@ pub(super) async fn h_create_enrollment(
 ) -> Response {
     let mut o = match object(body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if lms.learner(&learner).is_none() {
         return err(
@@ -179,7 +192,7 @@ pub(super) async fn h_create_enrollment(
     default(&mut o, "updated_at", now());
     let e: Enrollment = match serde_json::from_value(Value::Object(o)) {
         Ok(e) => e,
-        Err(e) => return invalid(format!("enrollment: {e}")),
+        Err(e) => return invalid(format!("enrollment: {e}")).into_response(),
     };
     lms.add_enrollment(e.clone());
     answer(
@@ -198,7 +211,7 @@ pub(super) async fn h_create_certification(
 ) -> Response {
     let mut o = match object(body) {
         Ok(o) => o,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     if lms.learner(&learner).is_none() {
         return err(
@@ -214,7 +227,7 @@ pub(super) async fn h_create_certification(
     default(&mut o, "updated_at", now());
     let c: Certification = match serde_json::from_value(Value::Object(o)) {
         Ok(c) => c,
-        Err(e) => return invalid(format!("certification: {e}")),
+        Err(e) => return invalid(format!("certification: {e}")).into_response(),
     };
     lms.add_certification(c.clone());
     answer(
