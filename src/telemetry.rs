@@ -41,6 +41,15 @@ pub const QUEUE_DEPTH: &str = "syncback_queue_depth";
 /// the head of the queue is.
 pub const QUEUE_AGE_SECONDS: &str = "syncback_queue_age_seconds";
 
+/// Drift found by reconcile, label `kind` (`missing_contact`, `field_drift`, …).
+pub const RECONCILE_DRIFT: &str = "syncback_reconcile_drift_total";
+/// Drift repaired by reconcile, label `kind`.
+pub const RECONCILE_REPAIRED: &str = "syncback_reconcile_repaired_total";
+/// Unix time a reconcile pass last finished, label `pass` (`full`/`incremental`/`verify`).
+pub const RECONCILE_LAST_PASS: &str = "syncback_reconcile_last_pass_timestamp_seconds";
+/// Learners whose last Salesforce write had an ambiguous outcome, awaiting verification.
+pub const RECONCILE_UNCERTAIN: &str = "syncback_reconcile_uncertain_learners";
+
 /// Every metric the service exports (the dashboard and docs are checked against this).
 pub const ALL: &[&str] = &[
     RECEIVED,
@@ -58,6 +67,10 @@ pub const ALL: &[&str] = &[
     SS_CALLS,
     QUEUE_DEPTH,
     QUEUE_AGE_SECONDS,
+    RECONCILE_DRIFT,
+    RECONCILE_REPAIRED,
+    RECONCILE_LAST_PASS,
+    RECONCILE_UNCERTAIN,
 ];
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

@@ -12,6 +12,7 @@ pub mod budget;
 mod commands;
 pub mod demo;
 mod dlq;
+pub mod reconcile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -42,14 +43,24 @@ pub enum LogFormatArg {
     Json,
 }
 
+/// Options of the long-running commands.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct StartArgs {
+    /// Give up (exit 1) when the broker or the store is still unreachable after this many
+    /// seconds. Without it the process waits for them as long as it takes, retrying with
+    /// backoff and reporting not-ready on /readyz.
+    #[arg(long, value_name = "SECS")]
+    pub wait_timeout: Option<u64>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook receiver (server, webhooks, queue).
-    Receive,
+    Receive(StartArgs),
     /// Run a worker process (queue, store, salesforce, skillsync, sync, worker).
-    Work,
+    Work(StartArgs),
     /// Receiver and workers in one process.
-    Run,
+    Run(StartArgs),
     /// Inspect and replay the dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -61,6 +72,10 @@ pub enum Command {
         cmd: LearnerCmd,
     },
     /// Sync every in-scope learner in batches (for turning the sync on for an existing department).
+    /// Find drift between SkillSync, the store and Salesforce, and repair it through the
+    /// same apply path as events. Exit code: 0 in sync (or all repaired), 2 drift remains,
+    /// 3 repairs failed.
+    Reconcile(reconcile::ReconcileArgs),
     Backfill {
         /// Print the plan without writing to Salesforce.
         #[arg(long)]
@@ -266,9 +281,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = load(&cli)?;
     crate::telemetry::init_logging(&settings.log);
     match cli.command {
-        Command::Receive => commands::receive(settings).await,
-        Command::Work => commands::work(settings).await,
-        Command::Run => commands::run_all(settings).await,
+        Command::Receive(a) => commands::receive(settings, a).await,
+        Command::Work(a) => commands::work(settings, a).await,
+        Command::Run(a) => commands::run_all(settings, a).await,
         Command::Dlq { cmd } => dlq::run(settings, cmd).await,
         Command::Learner {
             cmd: LearnerCmd::Status { id, json, limit },
@@ -280,6 +295,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: ConfigCmd::Check { role, offline },
         } => commands::config_check(settings, role.into(), offline).await,
         Command::Sandbox { cmd } => commands::sandbox(cmd).await,
+        Command::Reconcile(args) => reconcile::run(settings, args, None).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
 }
@@ -314,6 +330,19 @@ mod tests {
             vec!["syncback", "dlq", "purge", "--yes"],
             vec!["syncback", "learner", "status", "L1"],
             vec!["syncback", "backfill", "--dry-run"],
+            vec![
+                "syncback",
+                "reconcile",
+                "--learner",
+                "L1",
+                "--learner",
+                "L2",
+                "--dry-run",
+                "--json",
+                "--csv",
+                "drift.csv",
+            ],
+            vec!["syncback", "reconcile", "--department", "43"],
             vec!["syncback", "config", "check"],
             vec![
                 "syncback",

@@ -8,6 +8,7 @@
 
 mod check;
 mod load;
+mod reconcile;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -17,6 +18,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use check::{is_api_name, is_sf_id};
+pub use reconcile::*;
 pub use sections::*;
 
 /// A string that must never reach a log line.
@@ -65,6 +67,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
+    pub reconcile: ReconcileSettings,
 }
 
 /// Which process role a configuration is checked for.
