@@ -216,9 +216,17 @@ pub enum SandboxCmd {
     Skillsync {
         #[arg(long, default_value = "127.0.0.1:8082")]
         listen: String,
-        /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research; 99 Outside).
+        /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research;
+        /// 99 Outside), learners, enrollments and certifications.
         #[arg(long)]
         empty: bool,
+        /// Also send each write through the API (POST /api/v1/learners, …) as a signed
+        /// webhook to this URL, e.g. http://127.0.0.1:8080/webhooks/skillsync.
+        #[arg(long, requires = "webhook_secret")]
+        webhook_url: Option<String>,
+        /// The `whsec_…` secret that signs those webhooks (one of `webhooks.secrets`).
+        #[arg(long, requires = "webhook_url")]
+        webhook_secret: Option<String>,
     },
 }
 
