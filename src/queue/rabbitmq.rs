@@ -626,7 +626,7 @@ impl Queue for RabbitQueue {
     }
 
     async fn dlq_purge(&self, filter: &DlqFilter) -> Result<u64, QueueError> {
-        if filter.id.is_none() && filter.reason.is_none() && filter.event_type.is_none() {
+        if filter.is_everything() {
             let link = self.link().await?;
             let n = link
                 .publish
