@@ -3,22 +3,16 @@
 //! pagination, and fault injection. Usable in-process (it implements [`SkillSyncApi`])
 //! and over HTTP (`syncback sandbox skillsync --listen ADDR`).
 
+mod http;
+
 use std::collections::{BTreeMap, HashSet};
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::StatusCode;
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
-use axum::{Form, Json, Router};
-use serde::{Deserialize, Serialize};
-use serde_json::json;
 
 use crate::model::{Certification, Department, Enrollment, Learner, Page};
+use crate::sandbox::faults::{FaultControls, SandboxFault};
 use crate::skillsync::{SkillSyncApi, SsError};
 
 /// Injected failures: the next N API calls (not token requests) fail this way.
@@ -32,6 +26,15 @@ pub enum Fault {
     Timeout(Duration),
 }
 
+impl SandboxFault for Fault {
+    fn hold(&self) -> Option<Duration> {
+        match self {
+            Fault::Timeout(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
 #[derive(Default)]
 struct State_ {
     departments: BTreeMap<String, Department>,
@@ -40,9 +43,8 @@ struct State_ {
     certifications: BTreeMap<String, Certification>,
     tokens: HashSet<String>,
     page_size: usize,
-    fault: Option<(u32, Fault)>,
-    latency: Duration,
-    requests: u64,
+    /// Injected faults, latency, and the count of API calls (see `sandbox::faults`).
+    faults: FaultControls<Fault>,
 }
 
 /// The sandbox LMS. Clones share state.
@@ -134,7 +136,7 @@ impl Lms {
 
     /// The next `n` API calls fail with `fault` (`n = 0` clears).
     pub fn fail_next(&self, n: u32, fault: Fault) {
-        self.state.lock().unwrap().fault = (n > 0).then_some((n, fault));
+        self.state.lock().unwrap().faults.fail_next(n, fault);
     }
 
     /// Every issued token stops working (the next call gets 401).
@@ -142,35 +144,25 @@ impl Lms {
         self.state.lock().unwrap().tokens.clear();
     }
 
+    /// Every API call waits this long before it is served.
     pub fn set_latency(&self, d: Duration) {
-        self.state.lock().unwrap().latency = d;
+        self.state.lock().unwrap().faults.set_latency(d);
     }
 
     /// API calls served (token requests excluded).
     pub fn requests(&self) -> u64 {
-        self.state.lock().unwrap().requests
+        self.state.lock().unwrap().faults.calls()
     }
 
     pub fn reset_counts(&self) {
-        self.state.lock().unwrap().requests = 0;
+        self.state.lock().unwrap().faults.reset_calls();
     }
 
-    /// Count the call, apply latency, and take an injected fault if one is due.
+    /// The gate of every API call, in-process or over HTTP: count it, wait out latency
+    /// and holds; the fault it must answer, if one is due.
     async fn enter(&self) -> Option<Fault> {
-        let (latency, fault) = {
-            let mut s = self.state.lock().unwrap();
-            s.requests += 1;
-            let fault = super::take_fault(&mut s.fault);
-            (s.latency, fault)
-        };
-        if !latency.is_zero() {
-            tokio::time::sleep(latency).await;
-        }
-        if let Some(Fault::Timeout(d)) = fault {
-            tokio::time::sleep(d).await;
-            return None;
-        }
-        fault
+        let admission = self.state.lock().unwrap().faults.admit();
+        admission.wait().await
     }
 
     fn children(&self, id: &str) -> Option<Vec<Department>> {
@@ -222,195 +214,6 @@ impl Lms {
 
     fn page_size(&self) -> usize {
         self.state.lock().unwrap().page_size
-    }
-
-    /// Serve over HTTP on `addr` (port 0 picks one); returns the bound address.
-    pub async fn serve(
-        &self,
-        addr: SocketAddr,
-    ) -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let bound = listener.local_addr()?;
-        let router = self.router();
-        let handle = tokio::spawn(async move {
-            let _ = axum::serve(listener, router).await;
-        });
-        Ok((bound, handle))
-    }
-
-    pub fn router(&self) -> Router {
-        let api = Router::new()
-            .route("/api/v1/departments/{id}", get(h_department))
-            .route("/api/v1/departments/{id}/children", get(h_children))
-            .route("/api/v1/learners", get(h_learners))
-            .route("/api/v1/learners/{id}", get(h_learner))
-            .route("/api/v1/learners/{id}/enrollments", get(h_enrollments))
-            .route(
-                "/api/v1/learners/{id}/certifications",
-                get(h_certifications),
-            )
-            .route_layer(axum::middleware::from_fn_with_state(
-                self.clone(),
-                auth_and_faults,
-            ));
-        Router::new()
-            .route("/oauth2/token", post(h_token))
-            .merge(api)
-            .with_state(self.clone())
-    }
-}
-
-fn err(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
-    (
-        status,
-        Json(json!({"error": error, "message": message.into()})),
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
-struct TokenForm {
-    grant_type: String,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-}
-
-async fn h_token(State(lms): State<Lms>, Form(f): Form<TokenForm>) -> Response {
-    if f.grant_type != "client_credentials" {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "use client_credentials",
-        );
-    }
-    if f.client_id.as_deref() != Some(Lms::CLIENT_ID)
-        || f.client_secret.as_deref() != Some(Lms::CLIENT_SECRET)
-    {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            "invalid_client",
-            "unknown client or wrong secret",
-        );
-    }
-    let token = format!("ss_{}", uuid::Uuid::new_v4().simple());
-    lms.state.lock().unwrap().tokens.insert(token.clone());
-    Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600})).into_response()
-}
-
-async fn auth_and_faults(State(lms): State<Lms>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(String::from);
-    let known = token.is_some_and(|t| lms.state.lock().unwrap().tokens.contains(&t));
-    if !known {
-        return err(
-            StatusCode::UNAUTHORIZED,
-            "unauthorized",
-            "missing, expired or unknown bearer token",
-        );
-    }
-    match lms.enter().await {
-        Some(Fault::Unavailable) => err(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "injected fault",
-        ),
-        Some(Fault::RateLimited) => err(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "injected fault",
-        ),
-        _ => next.run(req).await,
-    }
-}
-
-fn not_found(what: &str, id: &str) -> Response {
-    err(
-        StatusCode::NOT_FOUND,
-        "not_found",
-        format!("{what} {id} not found"),
-    )
-}
-
-#[derive(Serialize)]
-struct Items<T> {
-    items: Vec<T>,
-    next_cursor: Option<String>,
-}
-
-fn items<T: Serialize + Clone>(all: Vec<T>, cursor: Option<&str>, size: usize) -> Response {
-    let p = page(all, cursor, size);
-    Json(Items {
-        items: p.items,
-        next_cursor: p.next_cursor,
-    })
-    .into_response()
-}
-
-#[derive(Deserialize)]
-struct CursorQuery {
-    cursor: Option<String>,
-    department_id: Option<String>,
-}
-
-async fn h_department(State(lms): State<Lms>, Path(id): Path<String>) -> Response {
-    match lms.state.lock().unwrap().departments.get(&id) {
-        Some(d) => Json(d.clone()).into_response(),
-        None => not_found("department", &id),
-    }
-}
-
-async fn h_children(
-    State(lms): State<Lms>,
-    Path(id): Path<String>,
-    Query(q): Query<CursorQuery>,
-) -> Response {
-    match lms.children(&id) {
-        Some(c) => items(c, q.cursor.as_deref(), lms.page_size()),
-        None => not_found("department", &id),
-    }
-}
-
-async fn h_learners(State(lms): State<Lms>, Query(q): Query<CursorQuery>) -> Response {
-    let Some(d) = q.department_id else {
-        return err(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "department_id is required",
-        );
-    };
-    items(lms.learners_in(&d), q.cursor.as_deref(), lms.page_size())
-}
-
-async fn h_learner(State(lms): State<Lms>, Path(id): Path<String>) -> Response {
-    match lms.learner(&id) {
-        Some(l) => Json(l).into_response(),
-        None => not_found("learner", &id),
-    }
-}
-
-async fn h_enrollments(
-    State(lms): State<Lms>,
-    Path(id): Path<String>,
-    Query(q): Query<CursorQuery>,
-) -> Response {
-    match lms.enrollments_of(&id) {
-        Some(e) => items(e, q.cursor.as_deref(), lms.page_size()),
-        None => not_found("learner", &id),
-    }
-}
-
-async fn h_certifications(
-    State(lms): State<Lms>,
-    Path(id): Path<String>,
-    Query(q): Query<CursorQuery>,
-) -> Response {
-    match lms.certifications_of(&id) {
-        Some(c) => items(c, q.cursor.as_deref(), lms.page_size()),
-        None => not_found("learner", &id),
     }
 }
 

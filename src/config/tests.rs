@@ -1,0 +1,149 @@
+use std::path::Path;
+
+use super::*;
+
+#[test]
+fn spec_example_parses() {
+    let toml = r#"
+[server]
+listen = "127.0.0.1:8080"
+[webhooks]
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+tolerance_secs = 300
+max_body_bytes = 1048576
+[queue]
+backend = "rabbitmq"
+url = "amqp://guest:guest@127.0.0.1:5672/%2f"
+prefix = "syncback"
+[store]
+url = "postgres://postgres@127.0.0.1:5432/syncback"
+[salesforce]
+login_url = "https://login.salesforce.com"
+client_id = "abc"
+client_secret = "shh"
+api_version = "61.0"
+[skillsync]
+base_url = "https://acme.skillsync.example"
+client_id = "x"
+client_secret = "y"
+[sync]
+enabled = true
+source_department_id = "42"
+scope = "with_subdepartments"
+match_field = "Email"
+account_rule = "department"
+default_account_id = "001000000000001AAA"
+account_field = "company"
+[worker]
+concurrency = 8
+max_attempts = 8
+"#;
+    let s = Settings::from_toml(toml).unwrap();
+    assert_eq!(s.sync.scope, Scope::WithSubdepartments);
+    assert_eq!(s.sync.account_rule, AccountRule::Department);
+    assert_eq!(s.worker.concurrency, 8);
+    s.validate_for(Role::Run).unwrap();
+    // Secrets never print.
+    let dbg = format!("{s:?}");
+    assert!(!dbg.contains("shh"));
+    assert!(!dbg.contains("MfKQ9r8"));
+    assert!(!dbg.contains("guest:guest"));
+}
+
+#[test]
+#[allow(clippy::result_large_err)]
+fn env_overrides_keys() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file("syncback.toml", "[worker]\nconcurrency = 2\n")?;
+        jail.set_env("SYNCBACK_WORKER__CONCURRENCY", "16");
+        jail.set_env("SYNCBACK_SYNC__SCOPE", "department_only");
+        jail.set_env("SYNCBACK_QUEUE__BACKEND", "memory");
+        let s = Settings::load(Path::new("syncback.toml"), true).unwrap();
+        assert_eq!(s.worker.concurrency, 16);
+        assert_eq!(s.sync.scope, Scope::DepartmentOnly);
+        assert_eq!(s.queue.backend, QueueBackend::Memory);
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_key_is_an_error() {
+    let err = Settings::from_toml("[worker]\nconcurency = 3\n").unwrap_err();
+    assert!(err.to_string().contains("concurency"), "{err}");
+}
+
+#[test]
+fn validation_lists_every_problem() {
+    let s = Settings::from_toml(
+        "[sync]\nenabled = true\naccount_rule = \"default\"\n[server]\nlisten = \"nope\"\n",
+    )
+    .unwrap();
+    let err = s.validate_for(Role::Run).unwrap_err().to_string();
+    for needle in [
+        "server.listen",
+        "webhooks.secrets",
+        "salesforce.client_id",
+        "skillsync.base_url",
+        "source_department_id",
+        "default_account_id",
+    ] {
+        assert!(err.contains(needle), "{needle} missing from {err}");
+    }
+    // receive needs nothing from Salesforce.
+    let recv =
+        Settings::from_toml("[webhooks]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n")
+            .unwrap();
+    recv.validate_for(Role::Receive).unwrap();
+}
+
+#[test]
+fn jwt_bearer_needs_a_username_and_a_readable_key() {
+    let mut s = Settings::from_toml(
+        r#"
+[webhooks]
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+[salesforce]
+auth = "jwt_bearer"
+client_id = "app"
+private_key_path = "/nonexistent/key.pem"
+[skillsync]
+base_url = "http://ss"
+client_id = "c"
+client_secret = "s"
+[sync]
+source_department_id = "42"
+"#,
+    )
+    .unwrap();
+    let err = s.validate_for(Role::Work).unwrap_err().to_string();
+    assert!(err.contains("salesforce.username is required"), "{err}");
+    assert!(err.contains("salesforce.private_key_path"), "{err}");
+    assert!(
+        !err.contains("client_secret"),
+        "no secret needed for jwt_bearer: {err}"
+    );
+    s.salesforce.username = "u@x".into();
+    s.salesforce.private_key_path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/jwt-test-key.pem"
+    )
+    .into();
+    s.validate_for(Role::Work).unwrap();
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn syncback_config_names_the_file_and_is_not_a_key() {
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "s.toml",
+            "[webhooks]\nsecrets = [\"whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw\"]\n",
+        )?;
+        jail.set_env("SYNCBACK_CONFIG", "s.toml");
+        jail.set_env("SYNCBACK_WORKER__CONCURRENCY", "3");
+        let s = Settings::load(Path::new("s.toml"), true).map_err(|e| e.to_string())?;
+        assert_eq!(s.worker.concurrency, 3);
+        assert_eq!(s.webhooks.secrets.len(), 1);
+        Ok(())
+    });
+}

@@ -1,0 +1,197 @@
+//! RabbitMQ [`Queue`] over `lapin` (docs/rules.md "Flow", "RabbitMQ", R13).
+//!
+//! Topology (declared idempotently on every (re)connect, mirrored in
+//! `deploy/rabbitmq/definitions.json`), with `P` = `queue.prefix`:
+//!
+//! ```text
+//! P.work  (direct) --"event"--> P.events   quorum; x-delivery-limit; DLX P.dead;
+//!                                          dead-letter-strategy at-least-once; overflow reject-publish
+//! P.retry.{N}s  (one queue per delay step; x-message-ttl = N s; DLX P.work / "event")
+//! P.dead  (direct) --"dead"---> P.dlq      classic durable: requeue keeps order, so
+//!                                          `dlq list` can browse without reordering
+//! ```
+//!
+//! Messages are persistent, published with `mandatory` and a publisher confirm. The body
+//! is the envelope JSON exactly as received; the webhook id is the AMQP `message_id`,
+//! the receipt time the `timestamp` (+ `x-syncback-received-at` in RFC 3339), and the
+//! retry/DLQ bookkeeping travels in `x-syncback-*` headers.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tokio::sync::Mutex;
+use tracing::warn;
+
+use super::{DeadLetter, Depths, DlqFilter, Message, Queue, QueueError, Subscription};
+use crate::config::QueueSettings;
+
+mod codec;
+mod connection;
+mod consumer;
+mod dlq;
+mod publisher;
+mod topology;
+
+pub use codec::{
+    H_ATTEMPTS, H_FIRST_FAILURE, H_LAST_FAILURE, H_LEARNER, H_REASON_KIND, H_REASON_MESSAGE,
+    H_RECEIVED_AT,
+};
+pub use topology::Topology;
+
+use connection::{open_link, unavailable, Link};
+use consumer::RabbitSubscription;
+
+/// The production queue. Cheap to clone; reconnects after a broker restart.
+#[derive(Clone)]
+pub struct RabbitQueue {
+    url: String,
+    topology: Arc<Topology>,
+    link: Arc<Mutex<Option<Arc<Link>>>>,
+}
+
+impl RabbitQueue {
+    /// Connect and declare the topology.
+    pub async fn connect(settings: &QueueSettings) -> Result<Self, QueueError> {
+        let q = RabbitQueue {
+            url: settings.url.expose().to_string(),
+            topology: Arc::new(Topology::new(settings)),
+            link: Arc::new(Mutex::new(None)),
+        };
+        q.link().await?;
+        Ok(q)
+    }
+
+    pub fn topology(&self) -> &Topology {
+        &self.topology
+    }
+
+    /// Delete every queue and exchange of this prefix (tests and benchmarks clean up
+    /// after themselves; never used by the service).
+    pub async fn delete_topology(&self) -> Result<(), QueueError> {
+        use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+        let link = self.link().await?;
+        let ch = link.conn.create_channel().await.map_err(unavailable)?;
+        let t = &self.topology;
+        let queues = [t.events.clone(), t.dlq.clone()]
+            .into_iter()
+            .chain(t.retries.iter().map(|(_, q)| q.clone()));
+        for q in queues {
+            ch.queue_delete(&q, QueueDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        for e in [&t.work_exchange, &t.dead_exchange] {
+            ch.exchange_delete(e, ExchangeDeleteOptions::default())
+                .await
+                .map_err(unavailable)?;
+        }
+        Ok(())
+    }
+
+    /// The live link, reconnecting if the previous one died.
+    async fn link(&self) -> Result<Arc<Link>, QueueError> {
+        let mut guard = self.link.lock().await;
+        if let Some(l) = guard.as_ref() {
+            if l.conn.status().connected() && l.publish.status().connected() {
+                return Ok(l.clone());
+            }
+            warn!("RabbitMQ connection lost; reconnecting");
+        }
+        let l = Arc::new(open_link(&self.url, &self.topology, "syncback").await?);
+        *guard = Some(l.clone());
+        Ok(l)
+    }
+
+    async fn drop_link(&self) {
+        *self.link.lock().await = None;
+    }
+}
+
+#[async_trait]
+impl Queue for RabbitQueue {
+    async fn publish(&self, msg: &Message) -> Result<(), QueueError> {
+        self.publish_fresh(msg).await
+    }
+
+    async fn subscribe(&self, prefetch: u16) -> Result<Box<dyn Subscription>, QueueError> {
+        let mut sub = RabbitSubscription {
+            url: self.url.clone(),
+            topology: self.topology.clone(),
+            prefetch,
+            state: None,
+            cancelled: false,
+        };
+        sub.connect().await?;
+        Ok(Box::new(sub))
+    }
+
+    async fn ping(&self) -> Result<(), QueueError> {
+        let link = self.link().await?;
+        link.publish
+            .queue_declare(
+                &self.topology.events,
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map(|_| ())
+            .map_err(unavailable)
+    }
+
+    async fn depths(&self) -> Result<Depths, QueueError> {
+        let link = self.link().await?;
+        let ch = link.conn.create_channel().await.map_err(unavailable)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let count = |name: String| {
+            let ch = ch.clone();
+            async move {
+                ch.queue_declare(&name, passive, FieldTable::default())
+                    .await
+                    .map(|q| q.message_count() as u64)
+                    .map_err(unavailable)
+            }
+        };
+        let main = count(self.topology.events.clone()).await?;
+        let mut retrying = 0;
+        for (_, q) in &self.topology.retries {
+            retrying += count(q.clone()).await?;
+        }
+        let dead = count(self.topology.dlq.clone()).await?;
+        let _ = ch.close(200, "depths").await;
+        Ok(Depths {
+            main,
+            retrying,
+            dead,
+        })
+    }
+
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        self.list_dead().await
+    }
+
+    async fn dlq_replay(
+        &self,
+        filter: &DlqFilter,
+        progress: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<u64, QueueError> {
+        self.replay_dead(filter, progress).await
+    }
+
+    async fn close(&self) {
+        if let Some(link) = self.link.lock().await.take() {
+            let _ = link.conn.close(200, "bye").await;
+        }
+    }
+
+    async fn dlq_purge(&self, filter: &DlqFilter) -> Result<u64, QueueError> {
+        self.purge_dead(filter).await
+    }
+}
