@@ -184,6 +184,7 @@ fn main() {
             restart: true,
             progress: false,
             sf_calls: Some(&calls),
+        budget: None,
         }
         .run()
         .await

@@ -27,6 +27,12 @@ pub const SF_CALLS: &str = "syncback_salesforce_calls_total";
 /// Last `Sforce-Limit-Info` api-usage (used and max).
 pub const SF_API_USAGE: &str = "syncback_salesforce_api_usage";
 pub const SF_API_LIMIT: &str = "syncback_salesforce_api_limit";
+/// Seconds Salesforce calls spent waiting for the API budget (paused or slowed), label
+/// `priority` (`live`/`bulk`).
+pub const SF_BUDGET_PAUSED_SECONDS: &str = "syncback_salesforce_budget_paused_seconds_total";
+/// 1 while the budget governor holds a priority's calls (`salesforce.max_api_share`),
+/// label `priority` (`live`/`bulk`).
+pub const SF_BUDGET_PAUSED: &str = "syncback_salesforce_budget_paused";
 /// SkillSync API calls, labels `endpoint`, `status`.
 pub const SS_CALLS: &str = "syncback_skillsync_calls_total";
 /// Queue depths, label `queue` (`main`/`retry`/`dead`).
@@ -34,6 +40,15 @@ pub const QUEUE_DEPTH: &str = "syncback_queue_depth";
 /// Age (receipt → now) of the last message a worker took off the queue: how far behind
 /// the head of the queue is.
 pub const QUEUE_AGE_SECONDS: &str = "syncback_queue_age_seconds";
+
+/// Drift found by reconcile, label `kind` (`missing_contact`, `field_drift`, …).
+pub const RECONCILE_DRIFT: &str = "syncback_reconcile_drift_total";
+/// Drift repaired by reconcile, label `kind`.
+pub const RECONCILE_REPAIRED: &str = "syncback_reconcile_repaired_total";
+/// Unix time a reconcile pass last finished, label `pass` (`full`/`incremental`/`verify`).
+pub const RECONCILE_LAST_PASS: &str = "syncback_reconcile_last_pass_timestamp_seconds";
+/// Learners whose last Salesforce write had an ambiguous outcome, awaiting verification.
+pub const RECONCILE_UNCERTAIN: &str = "syncback_reconcile_uncertain_learners";
 
 /// Every metric the service exports (the dashboard and docs are checked against this).
 pub const ALL: &[&str] = &[
@@ -47,9 +62,15 @@ pub const ALL: &[&str] = &[
     SF_CALLS,
     SF_API_USAGE,
     SF_API_LIMIT,
+    SF_BUDGET_PAUSED_SECONDS,
+    SF_BUDGET_PAUSED,
     SS_CALLS,
     QUEUE_DEPTH,
     QUEUE_AGE_SECONDS,
+    RECONCILE_DRIFT,
+    RECONCILE_REPAIRED,
+    RECONCILE_LAST_PASS,
+    RECONCILE_UNCERTAIN,
 ];
 
 static PROMETHEUS: OnceLock<PrometheusHandle> = OnceLock::new();

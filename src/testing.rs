@@ -1,7 +1,15 @@
-//! Helpers for tests that need the real RabbitMQ / PostgreSQL servers.
+//! Helpers for tests that need the real RabbitMQ / PostgreSQL servers (or another
+//! outside tool such as a Python client).
 //!
-//! Outside CI an unreachable server makes the test skip with a loud message; with
-//! `CI=true` it is a failure (the servers must be there).
+//! A test never passes without having tested anything (README "Tests"):
+//! - by default a missing server or tool FAILS the test, with a message naming what is
+//!   missing and how to provide it;
+//! - `SYNCBACK_ALLOW_SKIP=1` turns that into a skip: the test returns early and prints
+//!   `SKIPPED` (run `cargo test -- --nocapture` or `cargo nextest run` to see the lines);
+//! - with `CI=true` it always fails, whatever `SYNCBACK_ALLOW_SKIP` says.
+//!
+//! Destructive tests (`tests/restarts.rs`, which restart the machine's servers) are
+//! `#[ignore]`d and also need `SYNCBACK_DESTRUCTIVE_TESTS=1` (see [`destructive_allowed`]).
 
 use std::time::Duration;
 
@@ -15,32 +23,94 @@ pub fn in_ci() -> bool {
 }
 
 fn reachable(addr: &str) -> bool {
-    std::net::TcpStream::connect_timeout(&addr.parse().unwrap(), Duration::from_secs(2)).is_ok()
+    use std::net::ToSocketAddrs;
+    addr.to_socket_addrs()
+        .ok()
+        .into_iter()
+        .flatten()
+        .any(|a| std::net::TcpStream::connect_timeout(&a, Duration::from_secs(2)).is_ok())
+}
+
+/// `host:port` of a URL, with the scheme's default port.
+fn host_port(url: &str, default_port: u16) -> String {
+    let u = url::Url::parse(url).ok();
+    let host = u
+        .as_ref()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let port = u.and_then(|u| u.port()).unwrap_or(default_port);
+    format!("{host}:{port}")
+}
+
+fn env_flag(name: &str) -> bool {
+    std::env::var(name).is_ok_and(|v| v == "1" || v.eq_ignore_ascii_case("true"))
+}
+
+/// `SYNCBACK_ALLOW_SKIP=1`: tests whose server or tool is missing skip instead of failing.
+pub fn skip_allowed() -> bool {
+    env_flag("SYNCBACK_ALLOW_SKIP") && !in_ci()
+}
+
+/// What a test does when `what` is missing: panics (the default, and always with
+/// `CI=true`) or, with `SYNCBACK_ALLOW_SKIP=1`, prints a loud `SKIPPED` line and returns
+/// `false` so the caller returns early. `fix` tells the reader how to provide it.
+pub fn unavailable(what: &str, fix: &str) -> bool {
+    if in_ci() {
+        panic!("{what}, and CI=true: this test must run ({fix})");
+    }
+    if skip_allowed() {
+        eprintln!("\n!!!!! SKIPPED (SYNCBACK_ALLOW_SKIP=1): {what}; {fix} !!!!!\n");
+        return false;
+    }
+    panic!("{what}: {fix}, or set SYNCBACK_ALLOW_SKIP=1 to skip the tests that need it");
+}
+
+/// Whether a Python module can be imported by `python3` (tests driving independent
+/// clients); when not, see [`unavailable`].
+pub fn python_module(module: &str, pip_name: &str) -> bool {
+    let ok = std::process::Command::new("python3")
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok || unavailable(
+        &format!("python3 cannot import {module}"),
+        &format!("install it with `python3 -m pip install {pip_name}`"),
+    )
+}
+
+/// Destructive tests (they restart the machine's RabbitMQ/PostgreSQL) run only with
+/// `SYNCBACK_DESTRUCTIVE_TESTS=1` (`.ci/run` sets it). They are also `#[ignore]`d, so a
+/// plain `cargo test` lists them as ignored; without the variable, running them
+/// explicitly (`-- --ignored`) fails with this explanation rather than passing.
+pub fn destructive_allowed(test: &str) -> bool {
+    if env_flag("SYNCBACK_DESTRUCTIVE_TESTS") {
+        return true;
+    }
+    panic!(
+        "{test} restarts the local RabbitMQ/PostgreSQL and disturbs everything using them; \
+         set SYNCBACK_DESTRUCTIVE_TESTS=1 to run it"
+    );
 }
 
 fn require(name: &str, addr: &str) -> bool {
-    if reachable(addr) {
-        return true;
-    }
-    if in_ci() {
-        panic!("{name} is not reachable on {addr} and CI=true: integration tests must run");
-    }
-    eprintln!(
-        "\n!!!!! SKIPPING: {name} is not reachable on {addr}; start it to run this test !!!!!\n"
-    );
-    false
+    reachable(addr)
+        || unavailable(
+            &format!("{name} is not reachable on {addr}"),
+            &format!("start {name} (README \"Tests\")"),
+        )
 }
 
-/// `Some(url)` of the local RabbitMQ, `None` (test skips) when down outside CI.
+/// `Some(url)` of the local RabbitMQ; when it is down the test fails, or returns `None`
+/// (skips) with `SYNCBACK_ALLOW_SKIP=1` (see the module docs).
 pub fn rabbitmq() -> Option<String> {
     let url = std::env::var("SYNCBACK_TEST_AMQP_URL").unwrap_or_else(|_| RABBITMQ_URL.into());
-    require("RabbitMQ", "127.0.0.1:5672").then_some(url)
+    require("RabbitMQ", &host_port(&url, 5672)).then_some(url)
 }
 
-/// `Some(admin url)` of the local PostgreSQL, `None` (test skips) when down outside CI.
+/// `Some(admin url)` of the local PostgreSQL; `None` only when skipping is allowed.
 pub fn postgres() -> Option<String> {
     let url = std::env::var("SYNCBACK_TEST_PG_URL").unwrap_or_else(|_| POSTGRES_ADMIN_URL.into());
-    require("PostgreSQL", "127.0.0.1:5432").then_some(url)
+    require("PostgreSQL", &host_port(&url, 5432)).then_some(url)
 }
 
 /// A fresh, uniquely named PostgreSQL database for one test; returns its URL.

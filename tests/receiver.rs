@@ -159,17 +159,7 @@ async fn independent_standardwebhooks_signer_is_accepted() {
         return;
     };
     let r = spawn_receiver(&s, queue.clone()).await;
-    if std::process::Command::new("python3")
-        .args(["-c", "import standardwebhooks"])
-        .status()
-        .map(|s| !s.success())
-        .unwrap_or(true)
-    {
-        assert!(
-            !syncback::testing::in_ci(),
-            "python package standardwebhooks missing (CI installs it in .ci/run)"
-        );
-        eprintln!("\n!!!!! SKIPPING: pip install standardwebhooks to run this test !!!!!\n");
+    if !syncback::testing::python_module("standardwebhooks", "standardwebhooks") {
         return;
     }
     // Both configured secrets (rotation), and one unknown secret.

@@ -1,6 +1,15 @@
 //! Restarting RabbitMQ or PostgreSQL during a run loses nothing (README "Operations").
-//! These tests take a shared server down for a few seconds, so they live in their own
-//! binary (cargo runs test binaries one after another) and take turns (`TURN`).
+//!
+//! DESTRUCTIVE: these tests restart the machine's RabbitMQ and PostgreSQL, disturbing
+//! everything else using them. They are `#[ignore]`d (a plain `cargo test` lists them as
+//! ignored) and need `SYNCBACK_DESTRUCTIVE_TESTS=1` as well; `.ci/run` runs them with
+//! `SYNCBACK_DESTRUCTIVE_TESTS=1 cargo test --test restarts -- --ignored`.
+//! They live in their own binary (cargo runs test binaries one after another) and take
+//! turns (`TURN`).
+//!
+//! Restarting: RabbitMQ with `rabbitmqctl stop_app`/`start_app`; PostgreSQL with the
+//! shell command in `SYNCBACK_PG_RESTART_CMD` (e.g. `systemctl restart postgresql` or
+//! `pg_ctl -D /var/lib/postgresql/data restart`), else Debian's `pg_ctlcluster`.
 
 use std::time::Duration;
 
@@ -23,18 +32,19 @@ fn rabbitmqctl(arg: &str) {
 static TURN: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "destructive: restarts the local RabbitMQ; needs SYNCBACK_DESTRUCTIVE_TESTS=1"]
 async fn rabbitmq_restart_during_a_run_loses_nothing() {
+    syncback::testing::destructive_allowed("rabbitmq_restart_during_a_run_loses_nothing");
     let _turn = TURN.lock().await;
     if std::process::Command::new("rabbitmqctl")
         .arg("--help")
         .output()
         .is_err()
+        && !syncback::testing::unavailable(
+            "rabbitmqctl is not on PATH",
+            "install RabbitMQ's command-line tools",
+        )
     {
-        assert!(
-            !syncback::testing::in_ci(),
-            "rabbitmqctl is needed with CI=true"
-        );
-        eprintln!("\n!!!!! SKIPPING: rabbitmqctl not found !!!!!\n");
         return;
     }
     let w = world().await;
@@ -75,34 +85,48 @@ async fn rabbitmq_restart_during_a_run_loses_nothing() {
     assert!(app.queue.dlq_list().await.unwrap().is_empty());
 }
 
-fn restart_postgres() {
+/// How this machine's PostgreSQL is restarted: `SYNCBACK_PG_RESTART_CMD` (run with
+/// `sh -c`), else Debian's `pg_ctlcluster` on the first cluster under /etc/postgresql.
+fn postgres_restart_command() -> Option<std::process::Command> {
+    if let Ok(cmd) = std::env::var("SYNCBACK_PG_RESTART_CMD") {
+        let mut c = std::process::Command::new("sh");
+        c.args(["-c", &cmd]);
+        return Some(c);
+    }
     let version = std::fs::read_dir("/etc/postgresql")
         .ok()
         .and_then(|mut d| d.next())
         .and_then(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .expect("a PostgreSQL cluster under /etc/postgresql");
-    let st = std::process::Command::new("pg_ctlcluster")
-        .args(["--skip-systemctl-redirect", &version, "main", "restart"])
+        .map(|e| e.file_name().to_string_lossy().into_owned())?;
+    std::process::Command::new("pg_ctlcluster")
+        .arg("--help")
+        .output()
+        .ok()?;
+    let mut c = std::process::Command::new("pg_ctlcluster");
+    c.args(["--skip-systemctl-redirect", &version, "main", "restart"]);
+    Some(c)
+}
+
+fn restart_postgres() {
+    let mut cmd = postgres_restart_command().expect("checked by the test");
+    let st = cmd
         .stdout(std::process::Stdio::null())
         .status()
-        .expect("pg_ctlcluster");
-    assert!(st.success(), "pg_ctlcluster restart");
+        .expect("run the PostgreSQL restart command");
+    assert!(st.success(), "PostgreSQL restart command failed: {cmd:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "destructive: restarts the local PostgreSQL; needs SYNCBACK_DESTRUCTIVE_TESTS=1"]
 async fn postgres_restart_during_a_run_loses_nothing() {
+    syncback::testing::destructive_allowed("postgres_restart_during_a_run_loses_nothing");
     let _turn = TURN.lock().await;
-    if std::process::Command::new("pg_ctlcluster")
-        .arg("--help")
-        .output()
-        .is_err()
+    if postgres_restart_command().is_none()
+        && !syncback::testing::unavailable(
+            "no way to restart PostgreSQL is known here (Debian's pg_ctlcluster not found)",
+            "set SYNCBACK_PG_RESTART_CMD, e.g. `systemctl restart postgresql`",
+        )
     {
-        assert!(
-            !syncback::testing::in_ci(),
-            "pg_ctlcluster is needed with CI=true"
-        );
-        eprintln!("\n!!!!! SKIPPING: pg_ctlcluster not found !!!!!\n");
         return;
     }
     let w = world().await;

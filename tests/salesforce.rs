@@ -525,19 +525,26 @@ async fn api_usage_is_read_from_every_answer() {
 }
 
 #[tokio::test]
-async fn calls_slow_down_past_the_usage_threshold() {
-    let (org, client, _) = setup_with(|s| s.api_usage_threshold = 0.5).await;
-    org.set_api_limit(10);
-    for _ in 0..6 {
+async fn live_calls_slow_down_near_the_budget_ceiling() {
+    // max_api_share 0.5 of 100 = ceiling 50; live calls are paced from 45 (90 %).
+    let (org, client, _) = setup_with(|s| s.max_api_share = 0.5).await;
+    org.set_api_limit(100);
+    for _ in 0..47 {
         client.query("SELECT Id FROM Account").await.unwrap();
     }
-    // Now at 6/10 = 10 points over the threshold: the next call waits ~500 ms.
+    // 47/50 = 94 %: the next call waits (94 − 90) / 10 × 2 s ≈ 800 ms.
     let t = std::time::Instant::now();
     client.query("SELECT Id FROM Account").await.unwrap();
     assert!(
-        t.elapsed() >= Duration::from_millis(400),
+        t.elapsed() >= Duration::from_millis(600),
         "{:?}",
         t.elapsed()
+    );
+    let status = client.budget().status();
+    assert_eq!(status.used, Some(48));
+    assert_eq!(
+        status.live.state,
+        syncback::salesforce::budget::GateState::Slowed
     );
 }
 
@@ -636,18 +643,7 @@ async fn in_process_org_behaves_like_the_http_one() {
 /// `tests/py/sf_fidelity.py` drives the sandbox with `simple-salesforce`.
 #[tokio::test]
 async fn simple_salesforce_talks_to_the_sandbox() {
-    let has_module = std::process::Command::new("python3")
-        .args(["-c", "import simple_salesforce"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !has_module {
-        if syncback::testing::in_ci() {
-            panic!("python3 with simple-salesforce is required when CI=true");
-        }
-        eprintln!(
-            "\n!!!!! SKIPPING simple_salesforce_talks_to_the_sandbox: `python3 -m pip install \
-             simple-salesforce` to run it !!!!!\n"
-        );
+    if !syncback::testing::python_module("simple_salesforce", "simple-salesforce") {
         return;
     }
     let (org, _client, base) = setup().await;

@@ -200,6 +200,54 @@ async fn contract(store: Arc<dyn Store>) {
     );
     store.set_checkpoint("backfill", None).await.unwrap();
     assert_eq!(store.checkpoint("backfill").await.unwrap(), None);
+
+    // Reconcile: paging through learners, learners by Contact, uncertain marks.
+    for (l, c) in [("RA", "003RA"), ("RB", "003RB"), ("RC", "003RA")] {
+        store
+            .put_learner(&state(l, Some(c), LinkState::Deactivated))
+            .await
+            .unwrap();
+    }
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = store.learners_after(after.as_deref(), 2).await.unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.learner_id.clone());
+        seen.extend(page.into_iter().map(|s| s.learner_id));
+    }
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(seen, sorted, "pages are ordered and never overlap");
+    assert!(seen.iter().any(|l| l == "RC"));
+    let mut by_contact: Vec<String> = store
+        .learners_by_contact(&["003RA".to_string()])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.learner_id)
+        .collect();
+    by_contact.sort();
+    assert_eq!(by_contact, vec!["RA", "RC"]);
+    assert!(store.uncertain(10).await.unwrap().is_empty());
+    store
+        .mark_uncertain("RA", "TIMEOUT on PATCH")
+        .await
+        .unwrap();
+    let marks = store.uncertain(10).await.unwrap();
+    assert_eq!(marks.len(), 1);
+    assert_eq!(marks[0].reason, "TIMEOUT on PATCH");
+    // A mark made after the verification started survives its clearing.
+    assert!(!store
+        .clear_uncertain("RA", marks[0].marked_at - chrono::Duration::seconds(1))
+        .await
+        .unwrap());
+    assert!(store
+        .clear_uncertain("RA", marks[0].marked_at)
+        .await
+        .unwrap());
+    assert!(store.uncertain(10).await.unwrap().is_empty());
 }
 
 #[tokio::test]

@@ -178,6 +178,9 @@ fn spawn_heartbeat(
 
 pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Work)?;
+    for w in settings.warnings() {
+        warn!("{w}");
+    }
     let store = open_store(&settings).await?;
     let queue = connect_queue(&settings).await?;
     let shutdown = shutdown_signal();
@@ -200,6 +203,9 @@ pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
 
 pub async fn run_all(settings: Settings) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Run)?;
+    for w in settings.warnings() {
+        warn!("{w}");
+    }
     let store = open_store(&settings).await?;
     let queue = connect_queue(&settings).await?;
     let shutdown = shutdown_signal();
@@ -314,6 +320,9 @@ pub async fn config_check(
             println!("✗ {e}");
         }
     }
+    for w in settings.warnings() {
+        println!("! {w}");
+    }
     if offline || !ok {
         return Ok(if ok {
             ExitCode::SUCCESS
@@ -346,20 +355,28 @@ pub async fn config_check(
             Err(e) => report(false, format!("store: {e}")),
         }
         match crate::salesforce::Client::new(&settings.salesforce) {
-            Ok(sf) => match sf
-                .check_schema(&settings.sync.link_field, &settings.sync.match_field)
-                .await
-            {
-                Ok(problems) if problems.is_empty() => {
-                    report(true, "Salesforce: authenticated; Contact and custom objects have the configured fields".into())
-                }
-                Ok(problems) => {
-                    for p in problems {
-                        report(false, format!("Salesforce: {p}"));
+            Ok(sf) => {
+                match sf
+                    .check_schema(&settings.sync.link_field, &settings.sync.match_field)
+                    .await
+                {
+                    Ok(problems) if problems.is_empty() => {
+                        report(true, "Salesforce: authenticated; Contact and custom objects have the configured fields".into())
                     }
+                    Ok(problems) => {
+                        for p in problems {
+                            report(false, format!("Salesforce: {p}"));
+                        }
+                    }
+                    Err(e) => report(false, format!("Salesforce: {e}")),
                 }
-                Err(e) => report(false, format!("Salesforce: {e}")),
-            },
+                if let Some(w) = data_skew(&sf, &settings.sync).await {
+                    println!("! {w}");
+                }
+                if sf.api_usage().is_some() {
+                    println!("  {}", sf.budget().status().usage_line());
+                }
+            }
             Err(e) => report(false, format!("Salesforce: {e}")),
         }
         // R2: the source department must exist in SkillSync before sync can be enabled.
@@ -380,6 +397,37 @@ pub async fn config_check(
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Salesforce's data-skew threshold: more Contacts than this under one Account slow sharing
+/// recalculation and lock the Account on every child write.
+pub const DATA_SKEW_CONTACTS: u64 = 10_000;
+
+/// Rule `default` (R4 A) puts every Contact under one Account: warn when it already holds
+/// more than [`DATA_SKEW_CONTACTS`] (one SOQL `COUNT()`).
+async fn data_skew(
+    sf: &crate::salesforce::Client,
+    sync: &crate::config::SyncSettings,
+) -> Option<String> {
+    if sync.account_rule != crate::config::AccountRule::Default {
+        return None;
+    }
+    let id = sync.default_account_id.trim();
+    let q = format!(
+        "SELECT COUNT() FROM Contact WHERE AccountId = {}",
+        crate::salesforce::soql::quote(id)
+    );
+    match sf.count_query(&q).await {
+        Ok(n) if n > DATA_SKEW_CONTACTS => Some(format!(
+            "sync.default_account_id: Account {id} already holds {n} Contacts, over Salesforce's data-skew threshold of {DATA_SKEW_CONTACTS}: \
+             every Contact syncback creates goes under it, so writes will contend for its lock (UNABLE_TO_LOCK_ROW) and sharing \
+             recalculations slow down — consider account_rule = \"department\" or \"learner_field\" to spread Contacts over Accounts"
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "could not count the Contacts of sync.default_account_id {id} (data-skew check): {e}"
+        )),
+    }
 }
 
 pub async fn sandbox(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {

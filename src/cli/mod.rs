@@ -8,10 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::config::{LogFormat, Role, Settings};
 
+pub mod budget;
 mod commands;
 mod console;
 pub mod demo;
 mod dlq;
+pub mod reconcile;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +73,10 @@ pub enum Command {
         cmd: AdminCmd,
     },
     /// Sync every in-scope learner in batches (for turning the sync on for an existing department).
+    /// Find drift between SkillSync, the store and Salesforce, and repair it through the
+    /// same apply path as events. Exit code: 0 in sync (or all repaired), 2 drift remains,
+    /// 3 repairs failed.
+    Reconcile(reconcile::ReconcileArgs),
     Backfill {
         /// Print the plan without writing to Salesforce.
         #[arg(long)]
@@ -340,6 +346,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: ConfigCmd::Check { role, offline },
         } => commands::config_check(settings, role.into(), offline).await,
         Command::Sandbox { cmd } => commands::sandbox(cmd).await,
+        Command::Reconcile(args) => reconcile::run(settings, args, None).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
 }
@@ -386,6 +393,19 @@ mod tests {
             vec!["syncback", "mapping", "set", "scope=department_only"],
             vec!["syncback", "admin", "hash-password"],
             vec!["syncback", "backfill", "--dry-run"],
+            vec![
+                "syncback",
+                "reconcile",
+                "--learner",
+                "L1",
+                "--learner",
+                "L2",
+                "--dry-run",
+                "--json",
+                "--csv",
+                "drift.csv",
+            ],
+            vec!["syncback", "reconcile", "--department", "43"],
             vec!["syncback", "config", "check"],
             vec![
                 "syncback",

@@ -5,6 +5,19 @@ use std::net::SocketAddr;
 use super::{AccountRule, ConfigError, QueueBackend, Role, SalesforceAuth, Settings};
 
 impl Settings {
+    /// Things that work but deserve the operator's attention (deprecated keys), printed by
+    /// `config check` and logged at start-up.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(t) = self.salesforce.api_usage_threshold {
+            w.push(format!(
+                "salesforce.api_usage_threshold = {t} is no longer used: the budget governor slows and pauses calls by salesforce.max_api_share (now {}) — remove the key",
+                self.salesforce.max_api_share
+            ));
+        }
+        w
+    }
+
     /// Static checks of what `role` needs (no network). Returns every problem at once.
     pub fn validate_for(&self, role: Role) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
@@ -49,6 +62,12 @@ impl Settings {
                 errs.push("queue.retry_delays_secs: at least one delay step".into());
             }
         }
+        if works && self.reconcile.uncertain_after_secs == 0 {
+            errs.push(
+                "reconcile.uncertain_after_secs must be at least 1 (seconds within which an uncertain write is re-verified)"
+                    .into(),
+            );
+        }
         if works || role == Role::Status {
             let u = self.store.url.expose();
             if !(u.starts_with("sqlite:")
@@ -85,6 +104,18 @@ impl Settings {
                         ));
                     }
                 }
+            }
+            let share = self.salesforce.max_api_share;
+            if !(share > 0.0 && share <= 1.0) {
+                errs.push(format!(
+                    "salesforce.max_api_share: {share} is not a share of the daily API limit (0 < x ≤ 1, e.g. 0.5)"
+                ));
+            }
+            if self.salesforce.budget_poll_ms < 100 {
+                errs.push(format!(
+                    "salesforce.budget_poll_ms: {} is too short (≥ 100; each poll is one API call)",
+                    self.salesforce.budget_poll_ms
+                ));
             }
             if self.skillsync.base_url.is_empty() {
                 errs.push("skillsync.base_url is required".into());

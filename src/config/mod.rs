@@ -9,6 +9,7 @@
 mod admin;
 mod check;
 mod load;
+mod reconcile;
 mod sections;
 #[cfg(test)]
 mod tests;
@@ -19,6 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use admin::{AdminSettings, AdminUser, ManagedBy};
 pub use check::{is_api_name, is_sf_id};
+pub use reconcile::*;
 pub use sections::*;
 
 /// A string that must never reach a log line.
@@ -68,6 +70,7 @@ pub struct Settings {
     pub worker: WorkerSettings,
     pub log: LogSettings,
     pub admin: AdminSettings,
+    pub reconcile: ReconcileSettings,
 }
 
 /// Which process role a configuration is checked for.

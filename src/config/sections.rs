@@ -116,8 +116,15 @@ pub struct SalesforceSettings {
     pub api_version: String,
     /// Per-call timeout.
     pub timeout_secs: u64,
-    /// Above this fraction of `Sforce-Limit-Info` api-usage, calls are slowed down.
-    pub api_usage_threshold: f64,
+    /// The largest share of the org's daily API limit syncback may bring its usage to
+    /// (budget governor, `salesforce::budget`): bulk work pauses first, live calls slow
+    /// down then wait. In (0, 1].
+    pub max_api_share: f64,
+    /// While paused, how often the usage is re-read (`GET /limits`, one API call).
+    pub budget_poll_ms: u64,
+    /// Deprecated: replaced by `max_api_share` (accepted, ignored, warned about).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_usage_threshold: Option<f64>,
     /// How long Account-name lookups are cached (R4).
     pub account_cache_ttl_secs: u64,
 }
@@ -133,7 +140,9 @@ impl Default for SalesforceSettings {
             private_key_path: String::new(),
             api_version: "61.0".into(),
             timeout_secs: 30,
-            api_usage_threshold: 0.9,
+            max_api_share: 0.5,
+            budget_poll_ms: 60_000,
+            api_usage_threshold: None,
             account_cache_ttl_secs: 300,
         }
     }

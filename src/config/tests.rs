@@ -147,3 +147,34 @@ fn syncback_config_names_the_file_and_is_not_a_key() {
         Ok(())
     });
 }
+
+#[test]
+fn max_api_share_is_a_share_and_the_old_threshold_is_a_warning() {
+    let base = "[salesforce]\nclient_id = \"a\"\nclient_secret = \"b\"\n[skillsync]\nbase_url = \"http://x\"\n";
+    let s = Settings::from_toml(base).unwrap();
+    assert_eq!(s.salesforce.max_api_share, 0.5);
+    s.validate_for(Role::Work).unwrap();
+    assert!(s.warnings().is_empty());
+    for bad in ["0", "-0.1", "1.5", "nan"] {
+        // In the [salesforce] table; `nan` is a TOML float.
+        let s = Settings::from_toml(&base.replace(
+            "[skillsync]",
+            &format!("max_api_share = {bad}\n[skillsync]"),
+        ))
+        .unwrap();
+        let err = s.validate_for(Role::Backfill).unwrap_err().to_string();
+        assert!(err.contains("salesforce.max_api_share"), "{bad}: {err}");
+    }
+    let s = Settings::from_toml(&base.replace(
+        "[skillsync]",
+        "max_api_share = 1\napi_usage_threshold = 0.9\n[skillsync]",
+    ))
+    .unwrap();
+    s.validate_for(Role::Work).unwrap();
+    assert_eq!(s.salesforce.max_api_share, 1.0);
+    let w = s.warnings();
+    assert!(
+        w.len() == 1 && w[0].contains("salesforce.api_usage_threshold"),
+        "{w:?}"
+    );
+}

@@ -3,10 +3,11 @@
 //! - OAuth 2.0 client credentials at `{login_url}/services/oauth2/token`; the token and
 //!   `instance_url` are cached and refreshed once on `401 INVALID_SESSION_ID`.
 //! - Every call has a timeout; connect errors and timeouts are transient errors.
-//! - `Sforce-Limit-Info: api-usage=N/M` is read from every answer and exported as the
-//!   `syncback_salesforce_api_usage`/`_limit` gauges; past `api_usage_threshold` each call
-//!   first waits (50 ms per percentage point over the threshold, at most 5 s) so a busy
-//!   sync backs off before the org's daily limit is exhausted.
+//! - `Sforce-Limit-Info: api-usage=N/M` is read from every answer, exported as the
+//!   `syncback_salesforce_api_usage`/`_limit` gauges and fed to the budget governor
+//!   ([`super::budget`]), which every call consults first: bulk work (a client made with
+//!   [`Client::with_priority`]`(Priority::Bulk)`) pauses, live work slows then waits, so
+//!   syncback never takes the org past `salesforce.max_api_share` of its daily limit.
 //! - Calls are counted per endpoint: method + path template without record ids or
 //!   external id values (`"GET query"`, `"PATCH sobjects/Contact/{id}"`,
 //!   `"PATCH sobjects/Contact/SkillSync_User_Id__c"`, `"POST composite/sobjects"`), the
@@ -23,6 +24,7 @@ use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::budget::{Budget, Priority};
 use super::{ApiError, Describe, Record, SalesforceApi, SaveResult, SfError, UpsertResult};
 use crate::config::{SalesforceAuth, SalesforceSettings};
 
@@ -33,9 +35,12 @@ use crate::telemetry;
 /// Records per sObject Collections call (Salesforce's limit).
 pub const COLLECTION_LIMIT: usize = 200;
 
+/// Clones share the session, the call counts and the budget governor; each carries its
+/// own [`Priority`] (default [`Priority::Live`]).
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    priority: Priority,
 }
 
 struct Inner {
@@ -46,7 +51,7 @@ struct Inner {
     /// JWT bearer flow: the signing key and the user the token is for.
     jwt: Option<(jsonwebtoken::EncodingKey, String)>,
     api_version: String,
-    threshold: f64,
+    budget: Arc<Budget>,
     session: tokio::sync::Mutex<Option<Session>>,
     calls: Mutex<BTreeMap<String, u64>>,
     token_requests: AtomicU64,
@@ -141,13 +146,77 @@ impl Client {
                 client_secret: settings.client_secret.expose().to_string(),
                 jwt,
                 api_version: settings.api_version.trim_start_matches('v').to_string(),
-                threshold: settings.api_usage_threshold,
+                budget: Arc::new(Budget::new(
+                    settings.max_api_share,
+                    Duration::from_millis(settings.budget_poll_ms),
+                )),
                 session: tokio::sync::Mutex::new(None),
                 calls: Mutex::new(BTreeMap::new()),
                 token_requests: AtomicU64::new(0),
                 usage: Mutex::new(None),
             }),
+            priority: Priority::Live,
         })
+    }
+
+    /// A handle on the same session and governor whose calls have priority `p`
+    /// (`backfill` and `reconcile` use [`Priority::Bulk`]).
+    pub fn with_priority(&self, p: Priority) -> Client {
+        Client {
+            inner: self.inner.clone(),
+            priority: p,
+        }
+    }
+
+    pub fn priority(&self) -> Priority {
+        self.priority
+    }
+
+    /// The budget governor (watch its status for progress bars and the console).
+    pub fn budget(&self) -> &Arc<Budget> {
+        &self.inner.budget
+    }
+
+    /// Re-read the org's usage with one cheap call (`GET /limits`), bypassing the governor:
+    /// what a paused caller does every `salesforce.budget_poll_ms`.
+    pub async fn refresh_usage(&self) -> Result<(u64, u64), SfError> {
+        let (_, v) = self.send(Method::GET, "GET limits", "limits", None).await?;
+        let daily = &v["DailyApiRequests"];
+        if let (Some(max), Some(remaining)) = (daily["Max"].as_u64(), daily["Remaining"].as_u64()) {
+            let used = max.saturating_sub(remaining);
+            self.observe(used, max);
+            return Ok((used, max));
+        }
+        // No body to read: the `Sforce-Limit-Info` header of the answer (already observed).
+        self.api_usage().ok_or_else(|| SfError::Transient {
+            status: Some(200),
+            code: "UNREADABLE_BODY".into(),
+            message: "GET /limits answered without DailyApiRequests or Sforce-Limit-Info".into(),
+        })
+    }
+
+    /// `SELECT COUNT() FROM …`: the `totalSize` of the answer (one call).
+    pub async fn count_query(&self, soql: &str) -> Result<u64, SfError> {
+        let (_, v) = self
+            .call(
+                Method::GET,
+                "GET query",
+                &format!("query?q={}", enc(soql)),
+                None,
+            )
+            .await?;
+        v["totalSize"].as_u64().ok_or_else(|| SfError::Transient {
+            status: Some(200),
+            code: "UNREADABLE_BODY".into(),
+            message: "query answer without totalSize".into(),
+        })
+    }
+
+    fn observe(&self, used: u64, max: u64) {
+        *self.inner.usage.lock().unwrap() = Some((used, max));
+        metrics::gauge!(telemetry::SF_API_USAGE).set(used as f64);
+        metrics::gauge!(telemetry::SF_API_LIMIT).set(max as f64);
+        self.inner.budget.observe(used, max);
     }
 
     /// REST calls per endpoint template.
@@ -287,28 +356,6 @@ impl Client {
             .or_default() += 1;
     }
 
-    /// Wait before a call when the org's API usage is past the threshold.
-    async fn pace(&self) {
-        let Some((used, max)) = self.api_usage() else {
-            return;
-        };
-        if max == 0 {
-            return;
-        }
-        let ratio = used as f64 / max as f64;
-        if ratio > self.inner.threshold {
-            let over = ((ratio - self.inner.threshold) * 100.0).ceil();
-            let wait = Duration::from_millis((50.0 * over) as u64).min(Duration::from_secs(5));
-            tracing::debug!(
-                used,
-                max,
-                ?wait,
-                "salesforce api usage over threshold; slowing down"
-            );
-            tokio::time::sleep(wait).await;
-        }
-    }
-
     /// One REST call (`path` relative to `/services/data/vXX.X/`), with one token
     /// refresh on 401. Returns (status, body as JSON or Null).
     async fn call(
@@ -318,7 +365,25 @@ impl Client {
         path: &str,
         body: Option<&Value>,
     ) -> Result<(u16, Value), SfError> {
-        self.pace().await;
+        self.inner
+            .budget
+            .acquire(self.priority, || async {
+                if let Err(e) = self.refresh_usage().await {
+                    tracing::warn!(error = %e, "salesforce budget: could not re-read API usage");
+                }
+            })
+            .await;
+        self.send(method, endpoint, path, body).await
+    }
+
+    /// [`Client::call`] without the governor.
+    async fn send(
+        &self,
+        method: Method,
+        endpoint: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), SfError> {
         let mut stale = None;
         loop {
             let s = self.session(stale).await?;
@@ -351,9 +416,7 @@ impl Client {
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_limit_info)
             {
-                *self.inner.usage.lock().unwrap() = Some((n, m));
-                metrics::gauge!(telemetry::SF_API_USAGE).set(n as f64);
-                metrics::gauge!(telemetry::SF_API_LIMIT).set(m as f64);
+                self.observe(n, m);
             }
             tracing::debug!(%method, endpoint, status, "salesforce call");
             let text = resp.text().await.map_err(transport)?;

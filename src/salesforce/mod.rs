@@ -8,9 +8,11 @@
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+pub mod budget;
 pub mod client;
 pub mod soql;
 
+pub use budget::{Budget, BudgetStatus, Priority};
 pub use client::Client;
 
 /// A Salesforce record as JSON (`{"Id": …, "Email": …}`; `attributes` may be present).

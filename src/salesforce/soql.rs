@@ -110,6 +110,8 @@ pub enum Token {
     /// `\x` is the literal character `x` (so `\%` is a percent sign). See [`like_matches`].
     Pattern(String),
     Number(f64),
+    /// A datetime literal (`2026-11-25T10:00:00Z`, `…+01:00`), as written.
+    DateTime(String),
     /// `(`, `)`, `,`, `=`, `!=`, `<`, `<=`, `>`, `>=`, `*`.
     Punct(&'static str),
 }
@@ -159,6 +161,10 @@ impl<'a> Lexer<'a> {
                 .unwrap_or(trimmed.len());
             self.pos += len;
             return Ok(Some(Token::Word(trimmed[..len].to_string())));
+        }
+        if let Some(len) = datetime_len(trimmed) {
+            self.pos += len;
+            return Ok(Some(Token::DateTime(trimmed[..len].to_string())));
         }
         if c.is_ascii_digit() || (c == '-' && chars.next().is_some_and(|d| d.is_ascii_digit())) {
             let len = trimmed[1..]
@@ -214,6 +220,43 @@ impl<'a> Lexer<'a> {
             }
         }
         Err(format!("unterminated string literal starting at {start}"))
+    }
+}
+
+/// Length of a SOQL datetime literal at the start of `s` (`YYYY-MM-DDThh:mm:ss[.fff](Z|±hh:mm)`).
+fn datetime_len(s: &str) -> Option<usize> {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| r.clone().all(|i| b.get(i).is_some_and(u8::is_ascii_digit));
+    if !(digits(0..4)
+        && b.get(4) == Some(&b'-')
+        && digits(5..7)
+        && b.get(7) == Some(&b'-')
+        && digits(8..10)
+        && b.get(10) == Some(&b'T')
+        && digits(11..13)
+        && b.get(13) == Some(&b':')
+        && digits(14..16)
+        && b.get(16) == Some(&b':')
+        && digits(17..19))
+    {
+        return None;
+    }
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    match b.get(i) {
+        Some(b'Z') => Some(i + 1),
+        Some(b'+' | b'-')
+            if digits(i + 1..i + 3) && b.get(i + 3) == Some(&b':') && digits(i + 4..i + 6) =>
+        {
+            Some(i + 6)
+        }
+        _ => None,
     }
 }
 
@@ -291,6 +334,19 @@ mod tests {
         assert_eq!(like_literal("50%_off"), r"'50\%\_off'");
         assert_eq!(in_list("Name", &["a", "b'c"]), r"Name IN ('a', 'b\'c')");
         assert_eq!(in_list("Name", &Vec::<String>::new()), "Id = null");
+    }
+
+    #[test]
+    fn datetime_literals_are_one_token() {
+        let toks = Lexer::new("SystemModstamp >= 2026-11-25T10:00:00Z AND X < 2026-11-25T10:00:00.5+01:00 AND N = 2026")
+            .tokens()
+            .unwrap();
+        assert_eq!(toks[2], Token::DateTime("2026-11-25T10:00:00Z".into()));
+        assert_eq!(
+            toks[6],
+            Token::DateTime("2026-11-25T10:00:00.5+01:00".into())
+        );
+        assert_eq!(toks[10], Token::Number(2026.0));
     }
 
     #[test]

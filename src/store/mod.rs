@@ -109,6 +109,14 @@ pub struct EventRecord {
     pub recorded_at: DateTime<Utc>,
 }
 
+/// A learner whose last Salesforce write may or may not have landed (reconcile re-verifies it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UncertainMark {
+    pub learner_id: String,
+    pub marked_at: DateTime<Utc>,
+    pub reason: String,
+}
+
 /// Last applied event of an entity (R12): ordered by (occurred_at, event_id).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntityVersion {
@@ -179,5 +187,27 @@ pub trait Store: ConsoleStore + Send + Sync + 'static {
     async fn prune_history(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 
     async fn checkpoint(&self, name: &str) -> Result<Option<String>, StoreError>;
+    /// Learner states ordered by id, after `after` (paging through every learner: reconcile).
+    async fn learners_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LearnerState>, StoreError>;
+    /// The learners whose `contact_id` is one of these Contacts (linked or remembered).
+    async fn learners_by_contact(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<Vec<LearnerState>, StoreError>;
+    /// Reconcile hook: the learner's last Salesforce write ended in a timeout or another
+    /// ambiguous outcome (it may still land). Re-marking moves `marked_at` forward.
+    async fn mark_uncertain(&self, learner_id: &str, reason: &str) -> Result<(), StoreError>;
+    /// Pending uncertain marks, oldest first.
+    async fn uncertain(&self, limit: u32) -> Result<Vec<UncertainMark>, StoreError>;
+    /// Remove the mark if it was made at or before `marked_before` (a newer mark stays).
+    async fn clear_uncertain(
+        &self,
+        learner_id: &str,
+        marked_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError>;
     async fn set_checkpoint(&self, name: &str, value: Option<&str>) -> Result<(), StoreError>;
 }

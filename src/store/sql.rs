@@ -13,6 +13,7 @@ use sqlx::{AnyPool, ConnectOptions, Row};
 
 use super::{
     Commit, EntityVersion, EventRecord, LearnerState, LinkState, OutcomeClass, Store, StoreError,
+    UncertainMark,
 };
 use crate::model::EntityKind;
 
@@ -32,8 +33,13 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
+        "reconcile",
+        include_str!("../../migrations/postgres/0003_reconcile.sql"),
+    ),
+    (
+        4,
         "console",
-        include_str!("../../migrations/postgres/0003_console.sql"),
+        include_str!("../../migrations/postgres/0004_console.sql"),
     ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -49,8 +55,13 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
+        "reconcile",
+        include_str!("../../migrations/sqlite/0003_reconcile.sql"),
+    ),
+    (
+        4,
         "console",
-        include_str!("../../migrations/sqlite/0003_console.sql"),
+        include_str!("../../migrations/sqlite/0004_console.sql"),
     ),
 ];
 
@@ -512,5 +523,93 @@ impl Store for SqlStore {
         };
         q.execute(&self.pool).await.map_err(map_err)?;
         Ok(())
+    }
+
+    async fn learners_after(
+        &self,
+        after: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<LearnerState>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {LEARNER_COLUMNS} FROM learners WHERE learner_id > $1 ORDER BY learner_id LIMIT $2"
+        ))
+        .bind(after.unwrap_or(""))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter().map(Self::learner_from_row).collect()
+    }
+
+    async fn learners_by_contact(
+        &self,
+        contact_ids: &[String],
+    ) -> Result<Vec<LearnerState>, StoreError> {
+        let mut out = Vec::new();
+        for chunk in contact_ids.chunks(500) {
+            let placeholders = (1..=chunk.len())
+                .map(|i| format!("${i}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql = format!(
+                "SELECT {LEARNER_COLUMNS} FROM learners WHERE contact_id IN ({placeholders})"
+            );
+            let mut q = sqlx::query(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            for row in q.fetch_all(&self.pool).await.map_err(map_err)? {
+                out.push(Self::learner_from_row(&row)?);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn mark_uncertain(&self, learner_id: &str, reason: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO uncertain_writes (learner_id, marked_at, reason) VALUES ($1, $2, $3)
+             ON CONFLICT (learner_id) DO UPDATE SET marked_at = excluded.marked_at, reason = excluded.reason",
+        )
+        .bind(learner_id)
+        .bind(micros(Utc::now()))
+        .bind(reason)
+        .execute(&self.pool)
+        .await
+        .map_err(map_err)?;
+        Ok(())
+    }
+
+    async fn uncertain(&self, limit: u32) -> Result<Vec<UncertainMark>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT learner_id, marked_at, reason FROM uncertain_writes ORDER BY marked_at LIMIT $1",
+        )
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(map_err)?;
+        rows.iter()
+            .map(|r| {
+                Ok(UncertainMark {
+                    learner_id: r.try_get("learner_id").map_err(map_err)?,
+                    marked_at: from_micros(r.try_get("marked_at").map_err(map_err)?),
+                    reason: r.try_get("reason").map_err(map_err)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn clear_uncertain(
+        &self,
+        learner_id: &str,
+        marked_before: DateTime<Utc>,
+    ) -> Result<bool, StoreError> {
+        let done =
+            sqlx::query("DELETE FROM uncertain_writes WHERE learner_id = $1 AND marked_at <= $2")
+                .bind(learner_id)
+                .bind(micros(marked_before))
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+        Ok(done.rows_affected() > 0)
     }
 }

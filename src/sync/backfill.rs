@@ -112,6 +112,9 @@ pub struct Backfill<'a> {
     pub progress: bool,
     /// Counts Salesforce calls (for the summary); `None` = not counted.
     pub sf_calls: Option<&'a (dyn Fn() -> u64 + Send + Sync)>,
+    /// The Salesforce budget governor's status, shown on the progress bar when it pauses
+    /// bulk work (README "Salesforce API budget").
+    pub budget: Option<tokio::sync::watch::Receiver<crate::salesforce::BudgetStatus>>,
 }
 
 /// Build the clients from configuration and run.
@@ -121,7 +124,9 @@ pub async fn run_from_settings(
     dry_run: bool,
     restart: bool,
 ) -> anyhow::Result<Summary> {
-    let sf = crate::salesforce::Client::new(&settings.salesforce)?;
+    // Bulk priority: paused first by the budget governor (salesforce.max_api_share).
+    let sf = crate::salesforce::Client::new(&settings.salesforce)?
+        .with_priority(crate::salesforce::Priority::Bulk);
     let ss = Arc::new(crate::skillsync::Client::new(&settings.skillsync)?);
     let scope = ScopeResolver::new(
         ss.clone(),
@@ -148,6 +153,7 @@ pub async fn run_from_settings(
         restart,
         progress: true,
         sf_calls: Some(&calls),
+        budget: Some(sf.budget().subscribe()),
     }
     .run()
     .await
@@ -198,7 +204,7 @@ impl Backfill<'_> {
             let b = ProgressBar::new_spinner();
             b.set_style(
                 ProgressStyle::with_template(
-                    "{spinner} {pos} learners {msg} ({per_sec}, {elapsed})",
+                    "{spinner} {prefix}{pos} learners {msg} ({per_sec}, {elapsed})",
                 )
                 .expect("static template"),
             );
@@ -208,6 +214,9 @@ impl Backfill<'_> {
             ProgressBar::hidden()
         };
         bar.set_position(cp.summary_seen);
+        let budget_view = self.budget.clone().map(|rx| {
+            crate::cli::budget::show_on(bar.clone(), crate::salesforce::Priority::Bulk, rx)
+        });
         let mut accounts: HashMap<String, Vec<String>> = HashMap::new();
         let mut buffer: Vec<Learner> = Vec::new();
         while cp.department_index < departments.len() {
@@ -246,6 +255,9 @@ impl Backfill<'_> {
         }
         if !self.dry_run {
             self.store.set_checkpoint(CHECKPOINT, None).await?;
+        }
+        if let Some(v) = budget_view {
+            v.abort();
         }
         bar.finish_and_clear();
         summary.salesforce_calls = self.sf_calls.map(|c| c()).unwrap_or(0) - calls_at_start;

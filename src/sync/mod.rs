@@ -36,6 +36,7 @@ impl LearnerAttr {
 
 pub mod backfill;
 pub mod engine;
+pub mod reconcile;
 pub mod rules;
 pub mod settings;
 

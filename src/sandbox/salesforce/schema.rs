@@ -50,10 +50,11 @@ pub(super) struct ObjectDef {
     pub(super) fields: &'static [FieldDef],
 }
 
-pub(super) static SYSTEM: [FieldDef; 3] = [
+pub(super) static SYSTEM: [FieldDef; 4] = [
     f("Id", Kind::Id),
     f("CreatedDate", Kind::DateTime),
     f("LastModifiedDate", Kind::DateTime),
+    f("SystemModstamp", Kind::DateTime),
 ];
 
 pub(super) static OBJECTS: &[ObjectDef] = &[

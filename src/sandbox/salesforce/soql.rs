@@ -94,6 +94,12 @@ impl Cond {
                             (Value::Number(a), Value::Number(b)) => {
                                 a.as_f64().partial_cmp(&b.as_f64())
                             }
+                            // Datetimes compare as instants, whatever their notation.
+                            (Value::String(a), Value::String(b))
+                                if instant(a).is_some() && instant(b).is_some() =>
+                            {
+                                instant(a).partial_cmp(&instant(b))
+                            }
                             _ => Some(sort_key(v).cmp(&sort_key(lit))),
                         };
                         matches!(
@@ -166,6 +172,7 @@ impl Parser {
         match t {
             Some(Token::Str(s)) => Ok(Value::String(s)),
             Some(Token::Number(n)) => Ok(json!(n)),
+            Some(Token::DateTime(t)) => Ok(Value::String(t)),
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("null") => Ok(Value::Null),
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("true") => Ok(Value::Bool(true)),
             Some(Token::Word(w)) if w.eq_ignore_ascii_case("false") => Ok(Value::Bool(false)),
@@ -298,4 +305,12 @@ pub(super) fn parse_query(soql: &str) -> Result<SoqlQuery, String> {
         order,
         limit,
     })
+}
+
+/// A SOQL datetime literal or a stored datetime (`…T…Z`, `…T….000+0000`) as an instant.
+fn instant(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .or_else(|_| chrono::DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%z"))
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }

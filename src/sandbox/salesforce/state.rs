@@ -82,7 +82,10 @@ impl OrgState {
                     &[k],
                 ));
             };
-            if matches!(def.name, "Id" | "CreatedDate" | "LastModifiedDate") {
+            if matches!(
+                def.name,
+                "Id" | "CreatedDate" | "LastModifiedDate" | "SystemModstamp"
+            ) {
                 if def.name == "Id" {
                     continue; // carried in the URL or by Collections
                 }
@@ -200,6 +203,7 @@ impl OrgState {
         rec.insert("Id".into(), json!(id));
         rec.insert("CreatedDate".into(), now());
         rec.insert("LastModifiedDate".into(), now());
+        rec.insert("SystemModstamp".into(), now());
         self.table(o).insert(id.clone(), rec);
         Ok(id)
     }
@@ -227,6 +231,7 @@ impl OrgState {
             rec.insert(k, v);
         }
         rec.insert("LastModifiedDate".into(), now());
+        rec.insert("SystemModstamp".into(), now());
         Ok(())
     }
 

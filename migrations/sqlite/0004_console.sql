@@ -1,4 +1,4 @@
--- Admin console (README "Admin console").
+-- Admin console (README "Admin console"); migration 4.
 -- Versioned mapping (sync.managed_by = "console"): the newest version is in force.
 CREATE TABLE IF NOT EXISTS mapping_versions (
     version  BIGINT PRIMARY KEY,
@@ -9,7 +9,7 @@ CREATE TABLE IF NOT EXISTS mapping_versions (
 
 -- Every change made through the console or `mapping set` / `learner link` / `dlq` actions.
 CREATE TABLE IF NOT EXISTS audit_log (
-    seq    BIGSERIAL PRIMARY KEY,
+    seq    INTEGER PRIMARY KEY AUTOINCREMENT,
     at     BIGINT NOT NULL,
     actor  TEXT NOT NULL,
     action TEXT NOT NULL,
