@@ -82,7 +82,7 @@ impl DlqFilter {
         self.id
             .as_deref()
             .is_none_or(|id| d.message.webhook_id == id)
-            && (self.ids.is_empty() || self.ids.iter().any(|i| *i == d.message.webhook_id))
+            && (self.ids.is_empty() || self.ids.contains(&d.message.webhook_id))
             && self.reason.as_deref().is_none_or(|r| d.reason_kind == r)
             && self
                 .event_type
