@@ -16,8 +16,10 @@ use crate::model::EntityKind;
 pub use crate::sync::outcome::OutcomeClass;
 pub use crate::sync::state::{EntityVersion, LearnerState, LinkState};
 
+pub mod console;
 pub mod sql;
 
+pub use console::{AuditEntry, ConsoleStore, MappingVersion, OutcomeCount, WorkerSeen};
 pub use sql::{open, SqlStore};
 
 /// One recorded event outcome (history for `syncback learner status`).
@@ -72,7 +74,7 @@ impl StoreError {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ConsoleStore + Send + Sync + 'static {
     /// Run migrations (idempotent).
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Reachability (`/readyz`).
