@@ -475,8 +475,15 @@ async fn data_skew(
 
 pub async fn sandbox(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
     let (handle, seeded) = match cmd {
-        SandboxCmd::Salesforce { listen, empty } => {
+        SandboxCmd::Salesforce {
+            listen,
+            empty,
+            latency_ms,
+            api_limit,
+        } => {
             let org = crate::sandbox::salesforce::Org::new();
+            org.set_latency(std::time::Duration::from_millis(latency_ms));
+            org.set_api_limit(api_limit);
             let mut seeded = String::new();
             if !empty {
                 for name in ["Engineering", "Sales", "Prospects"] {
@@ -490,6 +497,7 @@ pub async fn sandbox(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             }
             let (b, h) = org.serve(listen.parse()?).await?;
             println!("Salesforce sandbox on http://{b} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
+            println!("  {latency_ms} ms per REST call; daily API limit {api_limit} (GET /services/data/v61.0/limits)");
             (h, seeded)
         }
         SandboxCmd::Skillsync {

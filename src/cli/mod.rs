@@ -209,6 +209,12 @@ pub enum SandboxCmd {
         /// Start without the sample Accounts (Engineering, Sales, Prospects).
         #[arg(long)]
         empty: bool,
+        /// Answer every REST call after this many milliseconds (a real org takes 50–300 ms).
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// The org's daily API limit reported in `Sforce-Limit-Info` and `/limits`.
+        #[arg(long, default_value_t = 15_000)]
+        api_limit: u64,
     },
     /// Serve the SkillSync sandbox (credentials sandbox-client / sandbox-secret).
     Skillsync {
