@@ -8,7 +8,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-use super::SandboxCmd;
+use std::time::Duration;
+
+use super::{SandboxCmd, StartArgs};
 use crate::config::{QueueBackend, Role, Settings};
 use crate::store::Store;
 use crate::worker::Worker;
@@ -51,25 +53,109 @@ async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
         .context("opening the state store (store.url)")
 }
 
-pub async fn receive(settings: Settings) -> anyhow::Result<ExitCode> {
+/// Wait until `probe` succeeds: exponential backoff (0.2 s doubling to 10 s), one log
+/// line per failed attempt naming the config key, giving up after `--wait-timeout`.
+async fn wait_for<T, F, Fut, E>(
+    what: &str,
+    key: &str,
+    timeout: Option<Duration>,
+    mut probe: F,
+) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+    E: std::fmt::Display,
+{
+    let policy = backoff::ExponentialBackoff {
+        initial_interval: Duration::from_millis(200),
+        multiplier: 2.0,
+        randomization_factor: 0.2,
+        max_interval: Duration::from_secs(10),
+        max_elapsed_time: timeout,
+        ..Default::default()
+    };
+    let mut attempt = 0u32;
+    let result = backoff::future::retry_notify(
+        policy,
+        || {
+            let fut = probe();
+            async move {
+                fut.await
+                    .map_err(|e| backoff::Error::transient(e.to_string()))
+            }
+        },
+        |e: String, next: Duration| {
+            attempt += 1;
+            warn!(
+                attempt,
+                retry_in_ms = next.as_millis() as u64,
+                error = %e,
+                "{what} unavailable ({key}); waiting for it"
+            );
+        },
+    )
+    .await;
+    match result {
+        Ok(v) => {
+            if attempt > 0 {
+                info!("{what} available after {} attempt(s)", attempt + 1);
+            }
+            Ok(v)
+        }
+        Err(e) => Err(anyhow::anyhow!(
+            "{what} still unavailable after --wait-timeout {}s ({key}): {e}",
+            timeout.map(|t| t.as_secs()).unwrap_or_default()
+        )),
+    }
+}
+
+fn wait_timeout(args: StartArgs) -> Option<Duration> {
+    args.wait_timeout.map(Duration::from_secs)
+}
+
+fn queue_key(settings: &Settings) -> &'static str {
+    if settings.queue.urls.is_empty() {
+        "queue.url"
+    } else {
+        "queue.urls"
+    }
+}
+
+/// Wait for the broker (reported on `/readyz` meanwhile; the receiver answers 503).
+async fn wait_for_broker(
+    settings: &Settings,
+    queue: &Arc<dyn queue::Queue>,
+    timeout: Option<Duration>,
+) -> anyhow::Result<()> {
+    wait_for("broker", queue_key(settings), timeout, || queue.ping()).await
+}
+
+pub async fn receive(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Receive)?;
     if settings.queue.backend == QueueBackend::Memory {
         warn!("queue.backend = \"memory\": events received here are not seen by separate `work` processes (use `run` or rabbitmq)");
     }
-    let queue = connect_queue(&settings).await?;
+    let queue = queue::open(&settings.queue);
     let state = http::AppState::new(&settings, queue.clone(), None)?;
     let listener = bind(&settings.server.listen, "server.listen").await?;
     info!(listen = %settings.server.listen, "receiver listening on POST /webhooks/skillsync");
-    http::serve(listener, http::router(state), wait_true(shutdown_signal())).await?;
+    let server = http::serve_with(
+        listener,
+        http::router(state),
+        &settings.server,
+        wait_true(shutdown_signal()),
+    );
+    tokio::pin!(server);
+    tokio::select! {
+        ready = wait_for_broker(&settings, &queue, wait_timeout(args)) => {
+            ready?;
+            server.await?;
+        }
+        r = &mut server => r?,
+    }
     queue.close().await;
     info!("receiver stopped");
     Ok(ExitCode::SUCCESS)
-}
-
-async fn connect_queue(settings: &Settings) -> anyhow::Result<Arc<dyn queue::Queue>> {
-    queue::connect(&settings.queue)
-        .await
-        .context("connecting to the broker (queue.url)")
 }
 
 async fn bind(addr: &str, key: &str) -> anyhow::Result<TcpListener> {
@@ -92,21 +178,54 @@ fn spawn_housekeeping(
     );
 }
 
-pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
+/// Open the store and wait for the broker, in that order, unless shutdown comes first
+/// (`None`). `/readyz` says what is still missing meanwhile.
+async fn wait_for_dependencies(
+    settings: &Settings,
+    queue: &Arc<dyn queue::Queue>,
+    slot: &http::StoreSlot,
+    args: StartArgs,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<Arc<dyn Store>>> {
+    let deps = async {
+        let store = wait_for("store", "store.url", wait_timeout(args), || {
+            open_store(settings)
+        })
+        .await?;
+        let _ = slot.set(store.clone());
+        wait_for_broker(settings, queue, wait_timeout(args)).await?;
+        anyhow::Ok(store)
+    };
+    tokio::select! {
+        r = deps => r.map(Some),
+        _ = wait_true(shutdown.clone()) => Ok(None),
+    }
+}
+
+pub async fn work(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Work)?;
     for w in settings.warnings() {
         warn!("{w}");
     }
-    let store = open_store(&settings).await?;
-    let queue = connect_queue(&settings).await?;
-    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
+    let queue = queue::open(&settings.queue);
+    let slot = http::StoreSlot::default();
     let shutdown = shutdown_signal();
     if !settings.worker.listen.is_empty() {
         let listener = bind(&settings.worker.listen, "worker.listen").await?;
         info!(listen = %settings.worker.listen, "worker serving /healthz /readyz /metrics");
-        let ops = http::ops_router(queue.clone(), Some(store.clone()));
-        tokio::spawn(http::serve(listener, ops, wait_true(shutdown.clone())));
+        let ops = http::ops_router(queue.clone(), Some(slot.clone()));
+        tokio::spawn(http::serve_with(
+            listener,
+            ops,
+            &settings.server,
+            wait_true(shutdown.clone()),
+        ));
     }
+    let Some(store) = wait_for_dependencies(&settings, &queue, &slot, args, &shutdown).await?
+    else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
     spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     worker.run(shutdown).await?;
@@ -115,22 +234,33 @@ pub async fn work(settings: Settings) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-pub async fn run_all(settings: Settings) -> anyhow::Result<ExitCode> {
+pub async fn run_all(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Run)?;
     for w in settings.warnings() {
         warn!("{w}");
     }
-    let store = open_store(&settings).await?;
-    let queue = connect_queue(&settings).await?;
-    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
+    let queue = queue::open(&settings.queue);
+    let slot = http::StoreSlot::default();
     let shutdown = shutdown_signal();
+    let state = http::AppState::with_store_slot(&settings, queue.clone(), Some(slot.clone()))?;
+    let listener = bind(&settings.server.listen, "server.listen").await?;
+    info!(listen = %settings.server.listen, "receiver + workers running");
+    let server = tokio::spawn(http::serve_with(
+        listener,
+        http::router(state),
+        &settings.server,
+        wait_true(shutdown.clone()),
+    ));
+    let Some(store) = wait_for_dependencies(&settings, &queue, &slot, args, &shutdown).await?
+    else {
+        server.await??;
+        return Ok(ExitCode::SUCCESS);
+    };
+    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
     spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
-    let state = http::AppState::new(&settings, queue.clone(), Some(store))?;
-    let listener = bind(&settings.server.listen, "server.listen").await?;
-    info!(listen = %settings.server.listen, "receiver + workers running");
-    http::serve(listener, http::router(state), wait_true(shutdown)).await?;
+    server.await??;
     worker_task.await??;
     queue.close().await;
     info!("stopped");
@@ -362,25 +492,34 @@ pub async fn sandbox(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
             println!("Salesforce sandbox on http://{b} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
             (h, seeded)
         }
-        SandboxCmd::Skillsync { listen, empty } => {
+        SandboxCmd::Skillsync {
+            listen,
+            empty,
+            webhook_url,
+            webhook_secret,
+        } => {
             let lms = crate::sandbox::skillsync::Lms::new();
             let mut seeded = String::new();
             if !empty {
-                for (id, name, parent) in [
-                    ("42", "Engineering", None),
-                    ("43", "Sales", Some("42")),
-                    ("44", "Research", Some("42")),
-                    ("99", "Outside", None),
-                ] {
-                    lms.add_department(id, name, parent);
-                    seeded.push_str(&format!(
-                        "\n  department {id} {name}{}",
-                        parent.map(|p| format!(" (in {p})")).unwrap_or_default()
-                    ));
+                for line in lms.seed_sample() {
+                    seeded.push_str(&format!("\n  {line}"));
                 }
             }
+            if let Some(url) = &webhook_url {
+                let secret = webhook_secret.as_deref().unwrap_or_default();
+                lms.send_webhooks_to(url, secret)
+                    .map_err(|e| anyhow::anyhow!("--webhook-secret: {e}"))?;
+            }
             let (b, h) = lms.serve(listen.parse()?).await?;
+            let token = lms.issue_token();
             println!("SkillSync sandbox on http://{b} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
+            println!("  API token (no OAuth exchange needed): {token}");
+            println!("  add a learner:  curl -s -X POST http://{b}/api/v1/learners -H 'authorization: Bearer {token}' -H 'content-type: application/json' -d '{{\"username\": \"new@acme.example\", \"last_name\": \"New\", \"department_id\": \"43\"}}'");
+            println!("  list them:      curl -s 'http://{b}/api/v1/learners?department_id=43' -H 'authorization: Bearer {token}'");
+            match &webhook_url {
+                Some(url) => println!("  every write is also sent as a signed webhook to {url}"),
+                None => println!("  (--webhook-url URL --webhook-secret whsec_… also sends each write as a signed webhook)"),
+            }
             (h, seeded)
         }
     };

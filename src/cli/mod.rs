@@ -43,14 +43,24 @@ pub enum LogFormatArg {
     Json,
 }
 
+/// Options of the long-running commands.
+#[derive(Debug, Clone, Copy, Default, clap::Args)]
+pub struct StartArgs {
+    /// Give up (exit 1) when the broker or the store is still unreachable after this many
+    /// seconds. Without it the process waits for them as long as it takes, retrying with
+    /// backoff and reporting not-ready on /readyz.
+    #[arg(long, value_name = "SECS")]
+    pub wait_timeout: Option<u64>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook receiver (server, webhooks, queue).
-    Receive,
+    Receive(StartArgs),
     /// Run a worker process (queue, store, salesforce, skillsync, sync, worker).
-    Work,
+    Work(StartArgs),
     /// Receiver and workers in one process.
-    Run,
+    Run(StartArgs),
     /// Inspect and replay the dead-letter queue.
     Dlq {
         #[command(subcommand)]
@@ -200,9 +210,17 @@ pub enum SandboxCmd {
     Skillsync {
         #[arg(long, default_value = "127.0.0.1:8082")]
         listen: String,
-        /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research; 99 Outside).
+        /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research;
+        /// 99 Outside), learners, enrollments and certifications.
         #[arg(long)]
         empty: bool,
+        /// Also send each write through the API (POST /api/v1/learners, …) as a signed
+        /// webhook to this URL, e.g. http://127.0.0.1:8080/webhooks/skillsync.
+        #[arg(long, requires = "webhook_secret")]
+        webhook_url: Option<String>,
+        /// The `whsec_…` secret that signs those webhooks (one of `webhooks.secrets`).
+        #[arg(long, requires = "webhook_url")]
+        webhook_secret: Option<String>,
     },
 }
 
@@ -263,9 +281,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let settings = load(&cli)?;
     crate::telemetry::init_logging(&settings.log);
     match cli.command {
-        Command::Receive => commands::receive(settings).await,
-        Command::Work => commands::work(settings).await,
-        Command::Run => commands::run_all(settings).await,
+        Command::Receive(a) => commands::receive(settings, a).await,
+        Command::Work(a) => commands::work(settings, a).await,
+        Command::Run(a) => commands::run_all(settings, a).await,
         Command::Dlq { cmd } => dlq::run(settings, cmd).await,
         Command::Learner {
             cmd: LearnerCmd::Status { id, json, limit },

@@ -38,16 +38,44 @@ impl Settings {
                     errs.push(format!("webhooks.secrets[{i}]: {e}"));
                 }
             }
+            if self.server.max_connections == 0 {
+                errs.push("server.max_connections: must be at least 1".into());
+            }
+            for (key, v) in [
+                (
+                    "server.header_read_timeout_secs",
+                    self.server.header_read_timeout_secs,
+                ),
+                (
+                    "server.body_read_timeout_secs",
+                    self.server.body_read_timeout_secs,
+                ),
+                ("server.idle_timeout_secs", self.server.idle_timeout_secs),
+            ] {
+                if v == 0 {
+                    errs.push(format!("{key}: must be at least 1 second"));
+                }
+            }
             if self.webhooks.max_body_bytes == 0 {
                 errs.push("webhooks.max_body_bytes must be > 0".into());
             }
         }
         if receives || works || role == Role::Dlq {
-            if self.queue.backend == QueueBackend::Rabbitmq
-                && !(self.queue.url.expose().starts_with("amqp://")
-                    || self.queue.url.expose().starts_with("amqps://"))
-            {
-                errs.push("queue.url: must be an amqp:// or amqps:// URL".into());
+            if self.queue.backend == QueueBackend::Rabbitmq {
+                let amqp = |u: &str| u.starts_with("amqp://") || u.starts_with("amqps://");
+                if self.queue.urls.is_empty() && !amqp(self.queue.url.expose()) {
+                    errs.push("queue.url: must be an amqp:// or amqps:// URL".into());
+                }
+                for (i, u) in self.queue.urls.iter().enumerate() {
+                    if !amqp(u.expose()) {
+                        errs.push(format!(
+                            "queue.urls[{i}]: must be an amqp:// or amqps:// URL"
+                        ));
+                    }
+                }
+                if self.queue.quorum_initial_group_size == Some(0) {
+                    errs.push("queue.quorum_initial_group_size: must be at least 1".into());
+                }
             }
             if self.queue.prefix.is_empty()
                 || !self

@@ -8,12 +8,24 @@ use super::Secret;
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
+    /// A client must send its whole request head (request line and headers) within this.
+    pub header_read_timeout_secs: u64,
+    /// A client must send its whole body within this, counted from the end of the head.
+    pub body_read_timeout_secs: u64,
+    /// A kept-alive connection with no request in flight is closed after this.
+    pub idle_timeout_secs: u64,
+    /// Connections served at once; further ones wait in the kernel's accept backlog.
+    pub max_connections: usize,
 }
 
 impl Default for ServerSettings {
     fn default() -> Self {
         Self {
             listen: "127.0.0.1:8080".into(),
+            header_read_timeout_secs: 10,
+            body_read_timeout_secs: 30,
+            idle_timeout_secs: 60,
+            max_connections: 1024,
         }
     }
 }
@@ -49,6 +61,11 @@ pub enum QueueBackend {
 pub struct QueueSettings {
     pub backend: QueueBackend,
     pub url: Secret,
+    /// The nodes of a RabbitMQ cluster, tried in order; when set, `url` is not used.
+    pub urls: Vec<Secret>,
+    /// `x-quorum-initial-group-size` of every queue: replicas on how many nodes.
+    /// Unset: 3 when `urls` lists several nodes, else the broker's default.
+    pub quorum_initial_group_size: Option<u32>,
     /// Prefix of every exchange and queue name (`{prefix}.events`, `{prefix}.dlq`, ...).
     pub prefix: String,
     /// Delays of the delayed-retry queues, in seconds, one queue per step (R13).
@@ -57,11 +74,36 @@ pub struct QueueSettings {
     pub delivery_limit: u32,
 }
 
+impl QueueSettings {
+    /// The node URLs to try, in order: `urls` when set, else `url`.
+    pub fn node_urls(&self) -> Vec<String> {
+        if self.urls.is_empty() {
+            vec![self.url.expose().to_string()]
+        } else {
+            self.urls.iter().map(|u| u.expose().to_string()).collect()
+        }
+    }
+
+    /// Is this a cluster whose every queue must be replicated (quorum)?
+    pub fn replicated(&self) -> bool {
+        self.urls.len() > 1 || self.quorum_initial_group_size.is_some_and(|n| n > 1)
+    }
+
+    /// The `x-quorum-initial-group-size` to declare, if any.
+    pub fn group_size(&self) -> Option<u32> {
+        self.quorum_initial_group_size
+            .or((self.urls.len() > 1).then_some(3))
+            .filter(|n| *n > 0)
+    }
+}
+
 impl Default for QueueSettings {
     fn default() -> Self {
         Self {
             backend: QueueBackend::Rabbitmq,
             url: Secret::new("amqp://guest:guest@127.0.0.1:5672/%2f"),
+            urls: Vec::new(),
+            quorum_initial_group_size: None,
             prefix: "syncback".into(),
             retry_delays_secs: vec![1, 5, 30, 120, 600],
             delivery_limit: 20,

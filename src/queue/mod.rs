@@ -169,3 +169,14 @@ pub async fn connect(
         crate::config::QueueBackend::Memory => std::sync::Arc::new(memory::MemoryQueue::new()),
     })
 }
+
+/// The configured backend without connecting yet: RabbitMQ connects on first use and
+/// reconnects by itself, so a process can start while the broker is down.
+pub fn open(settings: &crate::config::QueueSettings) -> std::sync::Arc<dyn Queue> {
+    match settings.backend {
+        crate::config::QueueBackend::Rabbitmq => {
+            std::sync::Arc::new(rabbitmq::RabbitQueue::lazy(settings))
+        }
+        crate::config::QueueBackend::Memory => std::sync::Arc::new(memory::MemoryQueue::new()),
+    }
+}

@@ -30,7 +30,9 @@ pub(super) struct SubState {
 /// A consumer that reconnects (with backoff) when the broker goes away. Deliveries of
 /// the dead connection cannot be settled any more; the broker redelivers them.
 pub(super) struct RabbitSubscription {
-    pub(super) url: String,
+    pub(super) urls: Arc<Vec<String>>,
+    /// The node to try first on the next connect.
+    pub(super) next_node: usize,
     pub(super) topology: Arc<Topology>,
     pub(super) prefetch: u16,
     pub(super) state: Option<SubState>,
@@ -39,7 +41,16 @@ pub(super) struct RabbitSubscription {
 
 impl RabbitSubscription {
     pub(super) async fn connect(&mut self) -> Result<(), QueueError> {
-        let link = Arc::new(open_link(&self.url, &self.topology, "syncback-worker").await?);
+        let link = Arc::new(
+            open_link(
+                &self.urls,
+                self.next_node,
+                &self.topology,
+                "syncback-worker",
+            )
+            .await?,
+        );
+        self.next_node = link.node;
         let consume = link.conn.create_channel().await.map_err(unavailable)?;
         consume
             .basic_qos(self.prefetch.max(1), BasicQosOptions::default())
@@ -110,6 +121,8 @@ impl Subscription for RabbitSubscription {
                     None if self.cancelled => return None,
                     None => warn!("consumer stream ended; reconnecting"),
                 }
+                // Resume on the next node of a cluster (the dead one is tried last).
+                self.next_node = st.link.node + 1;
                 self.state = None;
             }
             if self.cancelled {

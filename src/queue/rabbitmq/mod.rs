@@ -43,28 +43,48 @@ pub use topology::Topology;
 use connection::{open_link, unavailable, Link};
 use consumer::RabbitSubscription;
 
-/// The production queue. Cheap to clone; reconnects after a broker restart.
+/// The production queue. Cheap to clone; reconnects (to the next node of a cluster)
+/// when its connection dies, so it outlives broker restarts and node losses.
 #[derive(Clone)]
 pub struct RabbitQueue {
-    url: String,
+    urls: Arc<Vec<String>>,
     topology: Arc<Topology>,
-    link: Arc<Mutex<Option<Arc<Link>>>>,
+    link: Arc<Mutex<LinkState>>,
+}
+
+#[derive(Default)]
+struct LinkState {
+    link: Option<Arc<Link>>,
+    /// The node to try first on the next connect.
+    next: usize,
 }
 
 impl RabbitQueue {
+    /// A queue that connects on first use (so a process can start while the broker is
+    /// down, answer 503 and report not-ready until it appears).
+    pub fn lazy(settings: &QueueSettings) -> Self {
+        RabbitQueue {
+            urls: Arc::new(settings.node_urls()),
+            topology: Arc::new(Topology::new(settings)),
+            link: Arc::new(Mutex::new(LinkState::default())),
+        }
+    }
+
     /// Connect and declare the topology.
     pub async fn connect(settings: &QueueSettings) -> Result<Self, QueueError> {
-        let q = RabbitQueue {
-            url: settings.url.expose().to_string(),
-            topology: Arc::new(Topology::new(settings)),
-            link: Arc::new(Mutex::new(None)),
-        };
+        let q = Self::lazy(settings);
         q.link().await?;
         Ok(q)
     }
 
     pub fn topology(&self) -> &Topology {
         &self.topology
+    }
+
+    /// The node URL (password redacted) of the current connection, if any.
+    pub async fn connected_node(&self) -> Option<usize> {
+        let st = self.link.lock().await;
+        st.link.as_ref().filter(|l| l.is_alive()).map(|l| l.node)
     }
 
     /// Delete every queue and exchange of this prefix (tests and benchmarks clean up
@@ -90,22 +110,46 @@ impl RabbitQueue {
         Ok(())
     }
 
-    /// The live link, reconnecting if the previous one died.
+    /// The live link, reconnecting (from the node after a dead one) if it died.
     async fn link(&self) -> Result<Arc<Link>, QueueError> {
-        let mut guard = self.link.lock().await;
-        if let Some(l) = guard.as_ref() {
-            if l.conn.status().connected() && l.publish.status().connected() {
+        let mut st = self.link.lock().await;
+        if let Some(l) = st.link.as_ref() {
+            if l.is_alive() {
                 return Ok(l.clone());
             }
             warn!("RabbitMQ connection lost; reconnecting");
+            st.next = l.node + 1;
+            st.link = None;
         }
-        let l = Arc::new(open_link(&self.url, &self.topology, "syncback").await?);
-        *guard = Some(l.clone());
+        let l = Arc::new(open_link(&self.urls, st.next, &self.topology, "syncback").await?);
+        st.next = l.node;
+        st.link = Some(l.clone());
         Ok(l)
     }
 
-    async fn drop_link(&self) {
-        *self.link.lock().await = None;
+    /// Forget `dead` (if still current); the next use reconnects, from the next node.
+    async fn discard(&self, dead: &Arc<Link>) {
+        let mut st = self.link.lock().await;
+        if st.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, dead)) {
+            st.next = dead.node + 1;
+            st.link = None;
+            let _ = dead.conn.close(200, "reconnecting").await;
+        }
+    }
+
+    /// Replace `nacked`'s publish channel by a fresh one on the same connection.
+    async fn reopen_channel(&self, nacked: &Arc<Link>) {
+        let mut st = self.link.lock().await;
+        if st.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, nacked)) {
+            match nacked.reopened().await {
+                Ok(l) => st.link = Some(Arc::new(l)),
+                Err(e) => {
+                    warn!(error = %e, "could not reopen the publish channel; reconnecting");
+                    st.next = nacked.node + 1;
+                    st.link = None;
+                }
+            }
+        }
     }
 }
 
@@ -117,13 +161,17 @@ impl Queue for RabbitQueue {
 
     async fn subscribe(&self, prefetch: u16) -> Result<Box<dyn Subscription>, QueueError> {
         let mut sub = RabbitSubscription {
-            url: self.url.clone(),
+            urls: self.urls.clone(),
+            next_node: self.link.lock().await.next,
             topology: self.topology.clone(),
             prefetch,
             state: None,
             cancelled: false,
         };
-        sub.connect().await?;
+        // Broker down at start: the subscription connects (with backoff) on first `next`.
+        if let Err(e) = sub.connect().await {
+            warn!(error = %e, "RabbitMQ unavailable; the consumer will keep trying");
+        }
         Ok(Box::new(sub))
     }
 
@@ -186,7 +234,7 @@ impl Queue for RabbitQueue {
     }
 
     async fn close(&self) {
-        if let Some(link) = self.link.lock().await.take() {
+        if let Some(link) = self.link.lock().await.link.take() {
             let _ = link.conn.close(200, "bye").await;
         }
     }

@@ -12,6 +12,26 @@ use super::topology::ROUTING_KEY;
 use super::RabbitQueue;
 use crate::queue::{Message, QueueError};
 
+/// Why a confirmed publish did not succeed.
+pub(super) enum PublishError {
+    /// The broker answered with a nack (e.g. no quorum leader yet).
+    Nacked,
+    /// Returned unroutable (`mandatory`): the topology is missing.
+    Unroutable(String),
+    /// The channel or connection failed.
+    Channel(lapin::Error),
+}
+
+impl From<PublishError> for QueueError {
+    fn from(e: PublishError) -> Self {
+        match e {
+            PublishError::Nacked => unavailable("the broker nacked the publish"),
+            PublishError::Unroutable(m) => unavailable(m),
+            PublishError::Channel(e) => unavailable(e),
+        }
+    }
+}
+
 /// Publish on a confirm channel and wait for the broker's confirm.
 pub(super) async fn publish_confirmed(
     ch: &Channel,
@@ -20,6 +40,16 @@ pub(super) async fn publish_confirmed(
     body: &[u8],
     props: BasicProperties,
 ) -> Result<(), QueueError> {
+    Ok(try_publish(ch, exchange, routing_key, body, props).await?)
+}
+
+async fn try_publish(
+    ch: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    props: BasicProperties,
+) -> Result<(), PublishError> {
     let confirm = ch
         .basic_publish(
             exchange,
@@ -32,30 +62,34 @@ pub(super) async fn publish_confirmed(
             props,
         )
         .await
-        .map_err(unavailable)?
+        .map_err(PublishError::Channel)?
         .await
-        .map_err(unavailable)?;
+        .map_err(PublishError::Channel)?;
     if !confirm.is_ack() {
-        return Err(unavailable("the broker nacked the publish"));
+        return Err(PublishError::Nacked);
     }
     if confirm.take_message().is_some() {
-        return Err(unavailable(format!(
+        return Err(PublishError::Unroutable(format!(
             "message unroutable ({exchange}/{routing_key}): topology missing"
         )));
     }
     Ok(())
 }
 
+/// Attempts per publish: a nack reopens the channel, a dead connection moves to the
+/// next node, and the publish is tried again (a duplicate is harmless, R12; a loss is not).
+const PUBLISH_ATTEMPTS: usize = 3;
+
 impl RabbitQueue {
     /// Publish to the work exchange with fresh bookkeeping (new events and replays).
+    /// Returns only once the broker confirmed; the caller answers 503 otherwise.
     pub(super) async fn publish_fresh(&self, msg: &Message) -> Result<(), QueueError> {
         let body =
             serde_json::to_vec(&msg.envelope).map_err(|e| QueueError::BadMessage(e.to_string()))?;
-        // One reconnect attempt: a receiver that outlived a broker restart recovers on
-        // the next request instead of answering 503 forever.
-        for attempt in 0..2 {
+        let mut last = None;
+        for _ in 0..PUBLISH_ATTEMPTS {
             let link = self.link().await?;
-            match publish_confirmed(
+            match try_publish(
                 &link.publish,
                 &self.topology.work_exchange,
                 ROUTING_KEY,
@@ -65,13 +99,23 @@ impl RabbitQueue {
             .await
             {
                 Ok(()) => return Ok(()),
-                Err(e) if attempt == 0 && !link.publish.status().connected() => {
-                    warn!(error = %e, "publish failed on a dead channel; reconnecting");
-                    self.drop_link().await;
+                Err(PublishError::Nacked) => {
+                    warn!("publish nacked; reopening the publish channel");
+                    self.reopen_channel(&link).await;
+                    last = Some(PublishError::Nacked);
                 }
-                Err(e) => return Err(e),
+                Err(PublishError::Channel(e)) => {
+                    warn!(error = %e, "publish failed; reconnecting");
+                    if link.is_alive() {
+                        self.reopen_channel(&link).await;
+                    } else {
+                        self.discard(&link).await;
+                    }
+                    last = Some(PublishError::Channel(e));
+                }
+                Err(e @ PublishError::Unroutable(_)) => return Err(e.into()),
             }
         }
-        unreachable!()
+        Err(last.expect("at least one attempt").into())
     }
 }

@@ -23,6 +23,12 @@ pub struct Topology {
     /// (delay seconds, queue name), ascending.
     pub retries: Vec<(u64, String)>,
     pub delivery_limit: u32,
+    /// `x-quorum-initial-group-size` of every quorum queue (`queue.quorum_initial_group_size`).
+    pub group_size: Option<u32>,
+    /// Cluster mode: the retry queues and the DLQ are quorum queues too, so that they
+    /// survive the loss of the node that declared them (a classic queue whose home node
+    /// is down cannot even be re-declared: `404 NOT_FOUND - home node … is down`).
+    pub replicated: bool,
 }
 
 impl Topology {
@@ -44,6 +50,8 @@ impl Topology {
                 .map(|d| (d, format!("{p}.retry.{d}s")))
                 .collect(),
             delivery_limit: settings.delivery_limit,
+            group_size: settings.group_size(),
+            replicated: settings.replicated(),
         }
     }
 
@@ -56,6 +64,19 @@ impl Topology {
             .or(self.retries.last())
             .map(|(_, q)| q.as_str())
             .expect("at least one retry step")
+    }
+
+    /// `x-queue-type = quorum` plus the initial group size when one is configured.
+    fn quorum_args(&self) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
+        if let Some(n) = self.group_size {
+            args.insert(
+                "x-quorum-initial-group-size".into(),
+                AMQPValue::LongInt(n as i32),
+            );
+        }
+        args
     }
 
     /// Declare everything; safe to repeat (same arguments every time).
@@ -82,8 +103,7 @@ impl Topology {
             durable: true,
             ..Default::default()
         };
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), string("quorum"));
+        let mut args = self.quorum_args();
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongInt(self.delivery_limit as i32),
@@ -103,7 +123,15 @@ impl Topology {
         .await?;
         for (delay, name) in &self.retries {
             // Messages expire only at the head of a queue: one queue per delay step.
-            let mut args = FieldTable::default();
+            let mut args = if self.replicated {
+                // Expiry dead-letters back to the work queue at least once.
+                let mut a = self.quorum_args();
+                a.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+                a.insert("x-overflow".into(), string("reject-publish"));
+                a
+            } else {
+                FieldTable::default()
+            };
             args.insert(
                 "x-message-ttl".into(),
                 AMQPValue::LongLongInt(*delay as i64 * 1000),
@@ -112,8 +140,12 @@ impl Topology {
             args.insert("x-dead-letter-routing-key".into(), string(ROUTING_KEY));
             ch.queue_declare(name, q, args).await?;
         }
-        ch.queue_declare(&self.dlq, q, FieldTable::default())
-            .await?;
+        let dlq_args = if self.replicated {
+            self.quorum_args()
+        } else {
+            FieldTable::default()
+        };
+        ch.queue_declare(&self.dlq, q, dlq_args).await?;
         ch.queue_bind(
             &self.dlq,
             &self.dead_exchange,

@@ -2,7 +2,8 @@
 //!
 //! A webhook is checked in this order, each failure answering with one JSON shape
 //! `{"error": <code>, "message": <text>, "violations": [...]}`:
-//! body size (`413`) → signature (`401`) → JSON (`400`) → schema (`422`) →
+//! content type (`415`) → body size (`413`, `408` when it is not sent within
+//! `server.body_read_timeout_secs`) → signature (`401`) → JSON (`400`) → schema (`422`) →
 //! publish with publisher confirm (`202`, or `503` if the broker is unavailable).
 //! Nothing is ever answered `2xx` before the broker confirmed the message.
 
@@ -22,7 +23,10 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
-use crate::config::Settings;
+mod server;
+pub use server::serve_with;
+
+use crate::config::{ServerSettings, Settings};
 use crate::queue::{Message, Queue};
 use crate::store::Store;
 use crate::telemetry;
@@ -39,13 +43,23 @@ struct Inner {
     verifier: Verifier,
     schema: SchemaValidator,
     max_body_bytes: usize,
+    body_timeout: std::time::Duration,
     ops: Arc<Ops>,
+}
+
+/// The store of a process that has one, filled in once it could be opened (a process
+/// starts while its store is down and reports not-ready meanwhile).
+pub type StoreSlot = Arc<tokio::sync::OnceCell<Arc<dyn Store>>>;
+
+/// A slot already holding `store`.
+pub fn store_slot(store: Option<Arc<dyn Store>>) -> Option<StoreSlot> {
+    store.map(|s| Arc::new(tokio::sync::OnceCell::new_with(Some(s))))
 }
 
 /// What `/readyz` and `/metrics` look at (every process role serves these).
 struct Ops {
     queue: Arc<dyn Queue>,
-    store: Option<Arc<dyn Store>>,
+    store: Option<StoreSlot>,
     metrics: PrometheusHandle,
 }
 
@@ -55,6 +69,15 @@ impl AppState {
         settings: &Settings,
         queue: Arc<dyn Queue>,
         store: Option<Arc<dyn Store>>,
+    ) -> anyhow::Result<Self> {
+        Self::with_store_slot(settings, queue, store_slot(store))
+    }
+
+    /// Like [`AppState::new`], with a store that may still be opening.
+    pub fn with_store_slot(
+        settings: &Settings,
+        queue: Arc<dyn Queue>,
+        store: Option<StoreSlot>,
     ) -> anyhow::Result<Self> {
         let secrets: Vec<&str> = settings
             .webhooks
@@ -71,6 +94,9 @@ impl AppState {
                 verifier,
                 schema,
                 max_body_bytes: settings.webhooks.max_body_bytes,
+                body_timeout: std::time::Duration::from_secs(
+                    settings.server.body_read_timeout_secs.max(1),
+                ),
                 ops: Arc::new(Ops {
                     queue,
                     store,
@@ -86,7 +112,7 @@ impl AppState {
 pub struct ErrorBody {
     pub error: &'static str,
     pub message: String,
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    /// Always present (`[]` when empty).
     pub violations: Vec<Violation>,
 }
 
@@ -110,25 +136,88 @@ fn reject_with(
     (status, Json(body)).into_response()
 }
 
+/// Requests with more headers than this are answered `431`.
+pub const MAX_HEADERS: usize = 100;
+/// Requests whose header names and values exceed this many bytes are answered `431`.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// The receiver: the webhook endpoint plus the ops endpoints.
 pub fn router(state: AppState) -> Router {
     let ops = state.inner.ops.clone();
-    Router::new()
-        .route("/webhooks/skillsync", post(receive_webhook))
-        // The webhook handler enforces `webhooks.max_body_bytes` itself (JSON 413).
-        .layer(DefaultBodyLimit::disable())
-        .with_state(state)
-        .merge(ops_routes(ops))
+    hardened(
+        Router::new()
+            .route("/webhooks/skillsync", post(receive_webhook))
+            // The webhook handler enforces `webhooks.max_body_bytes` itself (JSON 413).
+            .layer(DefaultBodyLimit::disable())
+            .with_state(state)
+            .merge(ops_routes(ops)),
+    )
+}
+
+/// Every error in the one JSON shape: unknown paths (`404`), other methods (`405`),
+/// too many or too large headers (`431`).
+fn hardened(router: Router) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(header_limits))
+}
+
+async fn not_found(uri: axum::http::Uri) -> Response {
+    reject(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!(
+            "no such path {:?}; webhooks go to POST /webhooks/skillsync",
+            uri.path()
+        ),
+    )
+}
+
+async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    let allowed = if uri.path() == "/webhooks/skillsync" {
+        "POST"
+    } else {
+        "GET"
+    };
+    let mut r = reject(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}; use {allowed}", uri.path()),
+    );
+    r.headers_mut()
+        .insert(axum::http::header::ALLOW, allowed.parse().expect("static"));
+    r
+}
+
+async fn header_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let h = req.headers();
+    if h.len() > MAX_HEADERS {
+        return reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("{} headers; at most {MAX_HEADERS} are accepted", h.len()),
+        );
+    }
+    let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
+    if bytes > MAX_HEADER_BYTES {
+        return reject(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!("{bytes} bytes of headers; at most {MAX_HEADER_BYTES} are accepted"),
+        );
+    }
+    next.run(req).await
 }
 
 /// `/healthz`, `/readyz` (broker, and store when given) and `/metrics`, for processes
 /// without the webhook endpoint (`syncback work` with `worker.listen`).
-pub fn ops_router(queue: Arc<dyn Queue>, store: Option<Arc<dyn Store>>) -> Router {
-    ops_routes(Arc::new(Ops {
+pub fn ops_router(queue: Arc<dyn Queue>, store: Option<StoreSlot>) -> Router {
+    hardened(ops_routes(Arc::new(Ops {
         queue,
         store,
         metrics: telemetry::metrics_handle(),
-    }))
+    })))
 }
 
 fn ops_routes(ops: Arc<Ops>) -> Router {
@@ -139,15 +228,23 @@ fn ops_routes(ops: Arc<Ops>) -> Router {
         .with_state(ops)
 }
 
-/// Serve until `shutdown` resolves, then finish in-flight requests.
+/// Serve until `shutdown` resolves, then finish in-flight requests; the `[server]`
+/// timeouts and connection cap at their defaults (see [`serve_with`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+    serve_with(listener, router, &ServerSettings::default(), shutdown).await
+}
+
+/// `application/json`, with optional parameters (`; charset=utf-8`).
+fn is_json(content_type: Option<&str>) -> bool {
+    content_type.is_some_and(|ct| {
+        ct.split(';')
+            .next()
+            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    })
 }
 
 fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -168,6 +265,19 @@ async fn receive_webhook(
     let started = Instant::now();
     let s = &state.inner;
 
+    // 415: the envelope is JSON and nothing else.
+    let ct = header(&headers, "content-type");
+    if !is_json(ct) {
+        return reject(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            match ct {
+                Some(ct) => format!("Content-Type {ct:?} is not accepted; send application/json"),
+                None => "Content-Type is missing; send application/json".into(),
+            },
+        );
+    }
+
     // 413: read at most max_body_bytes (a lying or absent Content-Length does not help).
     let too_large = || {
         reject(
@@ -184,10 +294,28 @@ async fn receive_webhook(
             return too_large();
         }
     }
-    let raw = match axum::body::to_bytes(body, s.max_body_bytes).await {
-        Ok(b) => b,
-        Err(_) => return too_large(),
-    };
+    let raw =
+        match tokio::time::timeout(s.body_timeout, axum::body::to_bytes(body, s.max_body_bytes))
+            .await
+        {
+            Ok(Ok(b)) => b,
+            Ok(Err(_)) => return too_large(),
+            Err(_) => {
+                let mut r = reject(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "body_timeout",
+                    format!(
+                        "body not received within {} s (server.body_read_timeout_secs)",
+                        s.body_timeout.as_secs()
+                    ),
+                );
+                r.headers_mut().insert(
+                    axum::http::header::CONNECTION,
+                    axum::http::HeaderValue::from_static("close"),
+                );
+                return r;
+            }
+        };
 
     // 401: Standard Webhooks signature over the raw body, before anything is parsed.
     let id = signed_header(&headers, "id");
@@ -290,9 +418,12 @@ async fn readyz(State(s): State<Arc<Ops>>) -> Response {
     };
     let store = match &s.store {
         None => None,
-        Some(st) => Some(match st.ping().await {
-            Ok(()) => "ok".to_string(),
-            Err(e) => e.to_string(),
+        Some(slot) => Some(match slot.get() {
+            None => "connecting".to_string(),
+            Some(st) => match st.ping().await {
+                Ok(()) => "ok".to_string(),
+                Err(e) => e.to_string(),
+            },
         }),
     };
     let ready = broker == "ok" && store.as_deref().is_none_or(|s| s == "ok");

@@ -1,0 +1,255 @@
+//! The HTTP/1.1 server under the receiver, hardened for the open internet (README
+//! "Operations"; `[server]` keys): a cap on concurrent connections, a deadline for the
+//! request head, an idle timeout for kept-alive connections, and generous parser limits
+//! so that oversized headers reach the router and get the one JSON error shape.
+//! (The body deadline is enforced where the body is read, so it can answer `408`.)
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::Request;
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{watch, Semaphore};
+use tokio::time::Instant;
+use tower::ServiceExt;
+use tracing::{debug, warn};
+
+use crate::config::ServerSettings;
+
+/// Parser limits: above the router's own (100 headers, 64 KiB of header bytes, which
+/// answer a JSON `431`), so only absurd requests get hyper's bare `431`.
+const PARSER_MAX_HEADERS: usize = 1000;
+const PARSER_MAX_BUF: usize = 1024 * 1024 + 64 * 1024;
+
+/// How long in-flight requests get to finish after shutdown was asked for.
+const DRAIN: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    header: Duration,
+    idle: Duration,
+}
+
+/// What the watchdog of one connection needs to know.
+struct Activity {
+    in_flight: AtomicUsize,
+    /// When the first byte of a request head arrived (no request in flight).
+    head_started: Mutex<Option<Instant>>,
+    /// When the connection last became idle.
+    idle_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            head_started: Mutex::new(None),
+            idle_since: Mutex::new(Instant::now()),
+        }
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        *self.head_started.lock().unwrap() = None;
+    }
+
+    fn end(&self) {
+        *self.idle_since.lock().unwrap() = Instant::now();
+        *self.head_started.lock().unwrap() = None;
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    fn bytes_read(&self) {
+        if self.in_flight.load(Ordering::SeqCst) == 0 {
+            let mut h = self.head_started.lock().unwrap();
+            if h.is_none() {
+                *h = Some(Instant::now());
+            }
+        }
+    }
+
+    /// When this connection is to be cut off (None while a request is being served).
+    fn deadline(&self, l: Limits) -> Option<Instant> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        Some(match *self.head_started.lock().unwrap() {
+            Some(t) => t + l.header,
+            None => *self.idle_since.lock().unwrap() + l.idle,
+        })
+    }
+}
+
+/// A socket that tells its [`Activity`] when request bytes arrive.
+struct Watched {
+    inner: TcpStream,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(r, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.activity.bytes_read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+/// Serve `router` on `listener` until `shutdown` resolves, then let in-flight requests
+/// finish (up to 30 s). At most `server.max_connections` connections are served at once;
+/// further clients wait in the accept backlog.
+pub fn serve_with(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    settings: &ServerSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = io::Result<()>> + Send + 'static {
+    let limits = Limits {
+        header: Duration::from_secs(settings.header_read_timeout_secs.max(1)),
+        idle: Duration::from_secs(settings.idle_timeout_secs.max(1)),
+    };
+    let cap = settings.max_connections.clamp(1, Semaphore::MAX_PERMITS);
+    accept_loop(listener, router, limits, cap, shutdown)
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    limits: Limits,
+    cap: usize,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let slots = Arc::new(Semaphore::new(cap));
+    let (close_tx, close_rx) = watch::channel(false);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // EMFILE and the like: back off instead of spinning.
+                    warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let router = router.clone();
+        let close = close_rx.clone();
+        tokio::spawn(async move {
+            serve_connection(stream, router, limits, close).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    let _ = close_tx.send(true);
+    // Every connection holds a permit: having them all back means all are done.
+    let _ = tokio::time::timeout(DRAIN, slots.acquire_many(cap as u32)).await;
+    Ok(())
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    router: Router,
+    limits: Limits,
+    mut close: watch::Receiver<bool>,
+) {
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        activity: activity.clone(),
+    });
+    let act = activity.clone();
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        act.begin();
+        let act = act.clone();
+        let fut = router.clone().oneshot(req.map(Body::new));
+        async move {
+            let r = fut.await;
+            act.end();
+            r
+        }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        // The head deadline is ours (below): hyper's would also cut idle keep-alives.
+        .header_read_timeout(None)
+        .max_headers(PARSER_MAX_HEADERS)
+        .max_buf_size(PARSER_MAX_BUF)
+        .serve_connection(io, svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let deadline = activity
+            .deadline(limits)
+            .unwrap_or_else(|| Instant::now() + limits.idle);
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if activity.deadline(limits).is_some_and(|d| d <= Instant::now()) {
+                    debug!("connection cut off: request head or idle deadline passed");
+                    return;
+                }
+            }
+            r = close.changed(), if !closing => {
+                closing = true;
+                if r.is_ok() {
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
