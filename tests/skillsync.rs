@@ -169,3 +169,177 @@ async fn source_department_check_explains_unknown_unauthorized_unreachable() {
         "base_url required"
     );
 }
+
+/// The sample LMS has learners in every department, readable through the real client.
+#[tokio::test]
+async fn sample_lms_has_learners_enrollments_and_certifications() {
+    let lms = Lms::new();
+    let summary = lms.seed_sample();
+    assert!(summary.iter().any(|l| l.starts_with("department 43 Sales")));
+    let (addr, _) = lms.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let c = Client::new(&settings(&format!("http://{addr}"), Lms::CLIENT_SECRET, 5)).unwrap();
+    for dept in ["42", "43", "44", "99"] {
+        assert!(
+            !c.learners_page(dept, None).await.unwrap().items.is_empty(),
+            "department {dept} has learners"
+        );
+    }
+    let s1 = c.learner("S1").await.unwrap().unwrap();
+    assert_eq!(s1.fields["company"].as_deref(), Some("Acme"));
+    assert_eq!(c.enrollments("S1").await.unwrap().len(), 2);
+    assert_eq!(c.certifications("S1").await.unwrap().len(), 1);
+}
+
+/// Learners, enrollments and certifications can be added over HTTP (with defaults and
+/// clear 4xx answers), and each write is sent as the signed webhook SkillSync would send.
+#[tokio::test]
+async fn writes_through_the_api_add_data_and_send_signed_webhooks() {
+    use axum::body::Bytes;
+    use axum::http::HeaderMap;
+    use serde_json::{json, Value};
+    use syncback::webhook::signature::Verifier;
+
+    // A receiver that verifies and records what the sandbox sends.
+    let got: Arc<std::sync::Mutex<Vec<Value>>> = Default::default();
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |h: HeaderMap, body: Bytes| {
+            let sink = sink.clone();
+            async move {
+                let v = Verifier::new(&["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"], 300).unwrap();
+                let hv = |k: &str| h.get(k).and_then(|v| v.to_str().ok());
+                v.verify(
+                    hv("webhook-id"),
+                    hv("webhook-timestamp"),
+                    hv("webhook-signature"),
+                    &body,
+                    chrono::Utc::now().timestamp(),
+                )
+                .expect("signed");
+                sink.lock()
+                    .unwrap()
+                    .push(serde_json::from_slice(&body).unwrap());
+                axum::http::StatusCode::ACCEPTED
+            }
+        }),
+    );
+    let (hook, _) = syncback::sandbox::serve(app, "127.0.0.1:0".parse().unwrap())
+        .await
+        .unwrap();
+    let (lms, url) = served().await;
+    lms.send_webhooks_to(
+        &format!("http://{hook}/hook"),
+        "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    )
+    .unwrap();
+    let token = lms.issue_token();
+    let http = reqwest::Client::new();
+    let post = |path: &str, body: Value| {
+        http.post(format!("{url}{path}"))
+            .bearer_auth(&token)
+            .json(&body)
+            .send()
+    };
+
+    let r = post(
+        "/api/v1/learners",
+        json!({"username": "new@acme.example", "last_name": "New", "department_id": 43}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(
+        r.headers()["x-sandbox-webhook"]
+            .to_str()
+            .unwrap()
+            .split(' ')
+            .next(),
+        Some("learner.created")
+    );
+    let l: Value = r.json().await.unwrap();
+    let id = l["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        (l["department_name"].as_str(), l["status"].as_str()),
+        (Some("Sales"), Some("active"))
+    );
+    assert_eq!(lms.learner(&id).unwrap().username, "new@acme.example");
+
+    let again = post(
+        "/api/v1/learners",
+        json!({"id": id, "username": "x@acme.example"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(again.status(), 409);
+    let bad = post(
+        "/api/v1/learners",
+        json!({"username": "y@acme.example", "department_id": "777"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(bad.status(), 422);
+    assert!(bad.text().await.unwrap().contains("department_id 777"));
+    let bad = post("/api/v1/learners", json!({"last_name": "No username"}))
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 422);
+    let anon = http
+        .post(format!("{url}/api/v1/learners"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401, "writes need a token too");
+
+    let r = post(
+        &format!("/api/v1/learners/{id}/enrollments"),
+        json!({"course_id": 7, "course_name": "Basics"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = post(
+        &format!("/api/v1/learners/{id}/certifications"),
+        json!({"name": "Admin"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = post(
+        "/api/v1/learners/ghost/enrollments",
+        json!({"course_id": 7, "course_name": "Basics"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 404);
+
+    let r = http
+        .put(format!("{url}/api/v1/learners/{id}"))
+        .bearer_auth(&token)
+        .json(&json!({"username": "new@acme.example", "department_id": "43", "status": "inactive"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let c = Client::new(&settings(&url, Lms::CLIENT_SECRET, 5)).unwrap();
+    assert_eq!(c.enrollments(&id).await.unwrap()[0].course_id, "7");
+    assert_eq!(c.certifications(&id).await.unwrap()[0].name, "Admin");
+    let types: Vec<String> = got
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "learner.created",
+            "enrollment.created",
+            "certification.issued",
+            "learner.deactivated"
+        ]
+    );
+    assert_eq!(got.lock().unwrap()[0]["data"]["learner"]["id"], json!(id));
+}

@@ -205,14 +205,28 @@ pub enum SandboxCmd {
         /// Start without the sample Accounts (Engineering, Sales, Prospects).
         #[arg(long)]
         empty: bool,
+        /// Answer every REST call after this many milliseconds (a real org takes 50–300 ms).
+        #[arg(long, default_value_t = 0)]
+        latency_ms: u64,
+        /// The org's daily API limit reported in `Sforce-Limit-Info` and `/limits`.
+        #[arg(long, default_value_t = 15_000)]
+        api_limit: u64,
     },
     /// Serve the SkillSync sandbox (credentials sandbox-client / sandbox-secret).
     Skillsync {
         #[arg(long, default_value = "127.0.0.1:8082")]
         listen: String,
-        /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research; 99 Outside).
+        /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research;
+        /// 99 Outside), learners, enrollments and certifications.
         #[arg(long)]
         empty: bool,
+        /// Also send each write through the API (POST /api/v1/learners, …) as a signed
+        /// webhook to this URL, e.g. http://127.0.0.1:8080/webhooks/skillsync.
+        #[arg(long, requires = "webhook_secret")]
+        webhook_url: Option<String>,
+        /// The `whsec_…` secret that signs those webhooks (one of `webhooks.secrets`).
+        #[arg(long, requires = "webhook_url")]
+        webhook_secret: Option<String>,
     },
 }
 

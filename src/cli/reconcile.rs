@@ -46,7 +46,10 @@ pub async fn run(
     let store = crate::store::open(settings.store.url.expose(), settings.store.max_connections)
         .await
         .context("opening the state store (store.url)")?;
-    let sf = crate::salesforce::Client::new(&settings.salesforce)?;
+    // Bulk priority: the budget governor pauses reconcile before live events
+    // (salesforce.max_api_share, README "Salesforce API budget").
+    let sf = crate::salesforce::Client::new(&settings.salesforce)?
+        .with_priority(crate::salesforce::Priority::Bulk);
     let ss = Arc::new(crate::skillsync::Client::new(&settings.skillsync)?);
     let scope = Arc::new(ScopeResolver::new(
         ss.clone(),

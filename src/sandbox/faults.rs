@@ -52,6 +52,11 @@ impl<F: SandboxFault> FaultControls<F> {
         self.next = (n > 0).then_some((n, fault));
     }
 
+    /// Calls still to fail from the last `fail_next`.
+    pub fn pending(&self) -> u32 {
+        self.next.as_ref().map_or(0, |(n, _)| *n)
+    }
+
     /// Every API call waits this long before it is served.
     pub fn set_latency(&mut self, latency: Duration) {
         self.latency = latency;

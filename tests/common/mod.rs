@@ -82,6 +82,7 @@ url = "{store_url}"
 login_url = "{sf}"
 client_id = "sandbox-client"
 client_secret = "sandbox-secret"
+budget_poll_ms = 200
 [skillsync]
 base_url = "{ss}"
 client_id = "sandbox-client"

@@ -65,6 +65,11 @@ impl Org {
         self.state.lock().unwrap().faults.fail_next(n, fault);
     }
 
+    /// Injected faults not yet consumed.
+    pub fn faults_pending(&self) -> u32 {
+        self.state.lock().unwrap().faults.pending()
+    }
+
     /// Every REST call waits this long before it is served.
     pub fn set_latency(&self, d: Duration) {
         self.state.lock().unwrap().faults.set_latency(d);

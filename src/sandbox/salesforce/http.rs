@@ -410,6 +410,17 @@ async fn h_resources(Path(v): Path<String>) -> Response {
     .into_response()
 }
 
+/// `GET /services/data/vXX.X/limits`: the org's limits; `DailyApiRequests` is the one the
+/// budget governor reads (the call itself counts, as on Salesforce).
+async fn h_limits(State(org): State<Org>) -> Response {
+    let (used, max) = org.api_usage();
+    Json(json!({
+        "DailyApiRequests": {"Max": max, "Remaining": max.saturating_sub(used)},
+        "DailyBulkApiBatches": {"Max": 15000, "Remaining": 15000},
+    }))
+    .into_response()
+}
+
 async fn h_versions() -> Response {
     Json(json!([{"label": "Winter '25", "url": "/services/data/v61.0", "version": "61.0"}]))
         .into_response()
@@ -432,6 +443,8 @@ impl Org {
         let rest = Router::new()
             .route(base, get(h_resources))
             .route(&format!("{base}/"), get(h_resources))
+            .route(&format!("{base}/limits"), get(h_limits))
+            .route(&format!("{base}/limits/"), get(h_limits))
             .route(&format!("{base}/query"), get(h_query))
             .route(&format!("{base}/query/"), get(h_query))
             .route(&format!("{base}/query/{{loc}}"), get(h_query_more))

@@ -133,9 +133,29 @@ impl Org {
         self.state.lock().unwrap().tokens.clear();
     }
 
-    /// The `M` of `Sforce-Limit-Info: api-usage=N/M`.
+    /// The `M` of `Sforce-Limit-Info: api-usage=N/M` (the org's daily API limit).
     pub fn set_api_limit(&self, max: u64) {
         self.state.lock().unwrap().api_limit = max;
+    }
+
+    /// Set the `N` of `Sforce-Limit-Info: api-usage=N/M` for today: other integrations
+    /// using the org's allocation (up), or the rolling window freeing up (down).
+    pub fn set_api_used(&self, used: u64) {
+        let mut s = self.state.lock().unwrap();
+        s.api_day = Some(chrono::Utc::now().date_naive());
+        s.api_used = used;
+    }
+
+    /// Today's (used, limit), as `Sforce-Limit-Info` reports it.
+    pub fn api_usage(&self) -> (u64, u64) {
+        let s = self.state.lock().unwrap();
+        let today = chrono::Utc::now().date_naive();
+        let used = if s.api_day == Some(today) {
+            s.api_used
+        } else {
+            0
+        };
+        (used, s.api_limit)
     }
 
     /// Records per query page (then `nextRecordsUrl`).

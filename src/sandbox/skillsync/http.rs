@@ -12,7 +12,7 @@ use axum::{Form, Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{page, Fault, Lms};
+use super::{page, writes, Fault, Lms};
 
 impl Lms {
     /// Serve over HTTP on `addr` (port 0 picks one); returns the bound address.
@@ -27,12 +27,21 @@ impl Lms {
         let api = Router::new()
             .route("/api/v1/departments/{id}", get(h_department))
             .route("/api/v1/departments/{id}/children", get(h_children))
-            .route("/api/v1/learners", get(h_learners))
-            .route("/api/v1/learners/{id}", get(h_learner))
-            .route("/api/v1/learners/{id}/enrollments", get(h_enrollments))
+            .route(
+                "/api/v1/learners",
+                get(h_learners).post(writes::h_create_learner),
+            )
+            .route(
+                "/api/v1/learners/{id}",
+                get(h_learner).put(writes::h_put_learner),
+            )
+            .route(
+                "/api/v1/learners/{id}/enrollments",
+                get(h_enrollments).post(writes::h_create_enrollment),
+            )
             .route(
                 "/api/v1/learners/{id}/certifications",
-                get(h_certifications),
+                get(h_certifications).post(writes::h_create_certification),
             )
             .route_layer(axum::middleware::from_fn_with_state(
                 self.clone(),
@@ -45,7 +54,7 @@ impl Lms {
     }
 }
 
-fn err(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+pub(super) fn err(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
     (
         status,
         Json(json!({"error": error, "message": message.into()})),

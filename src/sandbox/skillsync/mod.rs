@@ -4,6 +4,10 @@
 //! and over HTTP (`syncback sandbox skillsync --listen ADDR`).
 
 mod http;
+mod seed;
+mod writes;
+
+pub use seed::DEPARTMENTS as SAMPLE_DEPARTMENTS;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -14,6 +18,7 @@ use async_trait::async_trait;
 use crate::model::{Certification, Department, Enrollment, Learner, Page};
 use crate::sandbox::faults::{FaultControls, SandboxFault};
 use crate::skillsync::{SkillSyncApi, SsError};
+use crate::webhook::signature::{decode_secret, SigningKey};
 
 /// Injected failures: the next N API calls (not token requests) fail this way.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -45,6 +50,8 @@ struct State_ {
     page_size: usize,
     /// Injected faults, latency, and the count of API calls (see `sandbox::faults`).
     faults: FaultControls<Fault>,
+    /// Where writes through the HTTP API send their signed events, if anywhere.
+    webhook: Option<(String, SigningKey)>,
 }
 
 /// The sandbox LMS. Clones share state.
@@ -139,9 +146,29 @@ impl Lms {
         self.state.lock().unwrap().faults.fail_next(n, fault);
     }
 
+    /// Issue an API token without the OAuth exchange (for `curl` against the sandbox).
+    pub fn issue_token(&self) -> String {
+        let token = format!("ss_{}", uuid::Uuid::new_v4().simple());
+        self.state.lock().unwrap().tokens.insert(token.clone());
+        token
+    }
+
+    /// Writes through the HTTP API (`POST /api/v1/learners`, …) also send the signed
+    /// webhook SkillSync would send, to `url` (e.g. `http://127.0.0.1:8080/webhooks/skillsync`).
+    pub fn send_webhooks_to(&self, url: &str, secret: &str) -> Result<(), String> {
+        let key = decode_secret(secret)?;
+        self.state.lock().unwrap().webhook = Some((url.to_string(), key));
+        Ok(())
+    }
+
     /// Every issued token stops working (the next call gets 401).
     pub fn expire_tokens(&self) {
         self.state.lock().unwrap().tokens.clear();
+    }
+
+    /// Injected faults not yet consumed.
+    pub fn faults_pending(&self) -> u32 {
+        self.state.lock().unwrap().faults.pending()
     }
 
     /// Every API call waits this long before it is served.
