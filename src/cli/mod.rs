@@ -14,6 +14,7 @@ mod console;
 pub mod demo;
 mod dlq;
 pub mod reconcile;
+pub mod send;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -103,6 +104,9 @@ pub enum Command {
     /// The whole flow in one process with no outside services (in-memory queue, SQLite,
     /// built-in Salesforce and SkillSync sandboxes), walking through every rule.
     Demo(demo::DemoArgs),
+    /// Sign a sample event (or --file) with a webhook secret and post it to a receiver,
+    /// as SkillSync would (try it against `demo --keep-running`).
+    Send(send::SendArgs),
     /// Serve a built-in sandbox over HTTP (for manual testing).
     Sandbox {
         #[command(subcommand)]
@@ -370,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: ConfigCmd::Check { role, offline },
         } => commands::config_check(settings, role.into(), offline).await,
         Command::Sandbox { cmd } => commands::sandbox(cmd).await,
+        Command::Send(args) => send::run(&settings, &args).await,
         Command::Reconcile(args) => reconcile::run(settings, args, None).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
@@ -440,6 +445,14 @@ mod tests {
                 "--offline",
             ],
             vec!["syncback", "demo"],
+            vec![
+                "syncback",
+                "send",
+                "--type",
+                "learner.updated",
+                "--learner",
+                "L7",
+            ],
             vec![
                 "syncback",
                 "sandbox",
