@@ -6,6 +6,7 @@
 //! ([`salesforce`]), SkillSync ([`skillsync`]) and the state [`store`].
 //! [`sandbox`] holds faithful Salesforce and SkillSync emulators for tests and `demo`.
 
+pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod http;

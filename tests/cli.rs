@@ -274,10 +274,12 @@ async fn learner_status_shows_link_contact_and_last_events() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn demo_walks_through_the_rules_and_logs_event_and_learner_ids() {
     let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_path_buf();
     let out = tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_syncback"))
             .args(["--log-format", "json", "demo"])
-            .current_dir(dir.path())
+            .current_dir(&tmp)
+            .env("TMPDIR", &tmp)
             .env("RUST_LOG", "info")
             .env_remove("SYNCBACK_CONFIG")
             .output()
@@ -302,9 +304,46 @@ async fn demo_walks_through_the_rules_and_logs_event_and_learner_ids() {
         "deleted",
         "Salesforce Contacts",
         "Dead-letter queue (2)",
+        "rule `default`",
+        "rule `learner_field`",
+        "left the scope",
+        "503 SERVER_UNAVAILABLE",
+        "sync_disabled",
+        "E2 Advanced Flows",
     ] {
         assert!(stdout.contains(want), "demo output lacks {want}:\n{stdout}");
     }
+    // Every rule is named, with its explanation, and shown by something.
+    let summary = &stdout[stdout.find("Rules shown").expect("rules summary")..];
+    for (id, name, what) in syncback::cli::demo::RULES {
+        assert!(
+            stdout.contains(&format!("{id} {name} — {what}")),
+            "no section for {id}:\n{stdout}"
+        );
+        let line = summary
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{id} ")))
+            .unwrap_or_else(|| panic!("{id} missing from the summary:\n{summary}"));
+        assert!(line.contains(name) && !line.contains("not shown"), "{line}");
+    }
+    assert!(!summary.contains("unexpected outcome"), "{summary}");
+    assert!(
+        summary.contains("R9   Deactivation                    evt_demo_14 unlinked"),
+        "{summary}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .starts_with("syncback-demo-"))
+            .count(),
+        0,
+        "the demo removes its temporary directory"
+    );
     let mut event_lines = 0;
     for line in stderr.lines().filter(|l| l.starts_with('{')) {
         let v: serde_json::Value = serde_json::from_str(line).unwrap();
@@ -357,4 +396,149 @@ async fn backfill_command_plans_then_syncs() {
     assert_eq!(code, 2, "{out}");
     assert!(out.contains("created        4"), "{out}");
     assert_eq!(e.org.records("Contact").len(), 4);
+}
+
+/// A backfill that sees no learner says which department and scope it walked, what
+/// SkillSync listed, and what to check — not just "learners seen 0".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backfill_explains_an_empty_scope() {
+    let e = env().await;
+    e.lms.add_department("43", "Sales", Some("42"));
+    let cfg = e.config(
+        "only.toml",
+        "42",
+        "sandbox-secret",
+        None,
+        "scope = \"department_only\"",
+    );
+    let (code, out) = syncback(args(&cfg, &["backfill", "--dry-run"])).await;
+    assert_eq!(code, 0, "{out}");
+    for want in [
+        "learners seen  0",
+        "no learners in scope: source department 42 (sync.source_department_id), scope department_only (sync.scope)",
+        "42 Engineering: 0",
+        "hint:",
+    ] {
+        assert!(out.contains(want), "lacks {want:?}:\n{out}");
+    }
+}
+
+/// `demo --keep-running` prints everything needed to drive it — URLs, credentials,
+/// departments, Accounts, a `syncback send` command, a signed curl, how to see the
+/// outcome — and those commands work; on SIGTERM it removes its temporary directory.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keep_running_explains_how_to_drive_it_and_cleans_up() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let tmp = dir.path().to_path_buf();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .args(["demo", "--keep-running"])
+        .current_dir(&tmp)
+        .env("TMPDIR", &tmp)
+        .env_remove("SYNCBACK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (text, mut lines) = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let mut text = String::new();
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            text.push_str(&line);
+            text.push('\n');
+            if line.contains("syncback backfill --dry-run") {
+                break;
+            }
+        }
+        (text, lines)
+    })
+    .await
+    .unwrap();
+    for want in [
+        "receiver    POST http://127.0.0.1:",
+        "Salesforce  http://127.0.0.1:",
+        "client id sandbox-client, secret sandbox-secret",
+        "Accounts: Engineering 001",
+        "departments: 42 Engineering, 43 Sales (in 42)",
+        "webhook-signature: v1,",
+        "/api/v1/learners -H 'authorization: Bearer ss_",
+    ] {
+        assert!(text.contains(want), "lacks {want:?}:\n{text}");
+    }
+    let config = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("settings    "))
+        .expect("settings path")
+        .to_string();
+    assert!(config.starts_with(&tmp.display().to_string()), "{config}");
+    // The printed `syncback send` works and the outcome shows in `learner status`.
+    let send_line = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("syncback send "))
+        .expect("a send command");
+    let send: Vec<String> = send_line
+        .split_whitespace()
+        .skip(1)
+        .map(String::from)
+        .collect();
+    let (code, out) = syncback(send).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("202"), "{out}");
+    let mut status = String::new();
+    for _ in 0..100 {
+        let (_, out) = syncback(vec![
+            "--config".into(),
+            config.clone(),
+            "learner".into(),
+            "status".into(),
+            "L100".into(),
+        ])
+        .await;
+        status = out;
+        if status.contains("created") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(status.contains("created"), "{status}");
+    // The printed curl works too (it is signed for the next few minutes).
+    let curl = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("curl -i -X POST"))
+        .expect("a curl command")
+        .trim()
+        .to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("sh")
+            .arg("-c")
+            .arg(format!("{curl} -s"))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("202"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::task::spawn_blocking(move || {
+        for _ in lines.by_ref() {}
+        child.wait().unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        !std::path::Path::new(&config).exists()
+            && std::fs::read_dir(&tmp).unwrap().next().is_none(),
+        "temporary directory removed"
+    );
 }

@@ -318,3 +318,144 @@ async fn contacts_changed_since_the_last_pass_name_their_learners() {
         .unwrap();
     assert!(ids.is_empty(), "{ids:?}");
 }
+
+impl Rig {
+    /// Serve both sandboxes over HTTP and write a config file pointing at them.
+    async fn config(&self, extra: &str) -> std::path::PathBuf {
+        let (sf, _) = self
+            .org
+            .serve("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let (ss, _) = self
+            .lms
+            .serve("127.0.0.1:0".parse().unwrap())
+            .await
+            .unwrap();
+        let path = self._dir.path().join("syncback.toml");
+        std::fs::write(
+            &path,
+            format!(
+                r#"
+[store]
+url = "sqlite://{db}"
+[salesforce]
+login_url = "http://{sf}"
+client_id = "sandbox-client"
+client_secret = "sandbox-secret"
+timeout_secs = 1
+[skillsync]
+base_url = "http://{ss}"
+client_id = "sandbox-client"
+client_secret = "sandbox-secret"
+[sync]
+enabled = true
+source_department_id = "42"
+{extra}
+"#,
+                db = self._dir.path().join("rc.db").display(),
+            ),
+        )
+        .unwrap();
+        path
+    }
+}
+
+async fn syncback(cfg: &std::path::Path, args: &[&str]) -> (i32, String, String) {
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .arg("--config")
+        .arg(cfg)
+        .args(args)
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cli_dry_run_prints_json_lines_and_csv_and_exit_codes_say_whether_drift_was_found() {
+    let r = rig().await;
+    let eng = ("42", "Engineering");
+    let c1 = r.synced("J1", eng).await;
+    r.set("Contact", &c1, "LastName", json!("Smyth")).await;
+    r.synced("J2", eng).await;
+    let cfg = r.config("").await;
+    let csv = r._dir.path().join("drift.csv");
+    let (code, out, err) = syncback(
+        &cfg,
+        &[
+            "reconcile",
+            "--dry-run",
+            "--json",
+            "--csv",
+            csv.to_str().unwrap(),
+        ],
+    )
+    .await;
+    assert_eq!(code, 2, "drift found: exit 2\n{out}\n{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 1, "{out}");
+    assert_eq!(lines[0]["learner_id"], "J1");
+    assert_eq!(lines[0]["kind"], "field_drift");
+    assert_eq!(lines[0]["detail"], r#"LastName "Smyth" → "LastJ1""#);
+    assert_eq!(lines[0]["field"], "LastName");
+    assert!(err.contains("DRY RUN"), "{err}");
+    assert!(err.contains("field_drift"), "{err}");
+    let csv = std::fs::read_to_string(&csv).unwrap();
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows[0],
+        "learner_id,kind,contact_id,field,salesforce,expected,action,detail"
+    );
+    assert!(rows[1].starts_with(&format!(
+        "J1,field_drift,{c1},LastName,Smyth,LastJ1,would_repair,"
+    )));
+    // One learner in sync: exit 0, a readable summary.
+    let (code, out, err) = syncback(&cfg, &["reconcile", "--dry-run", "--learner", "J2"]).await;
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(out.contains("no drift"), "{out}");
+    assert!(out.contains("learners checked 1"), "{out}");
+    // Nothing was written: no lease, no checkpoint, no outcome.
+    assert_eq!(r.store.checkpoint(LAST_PASS).await.unwrap(), None);
+    assert!(r.store.history("J1", 5).await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_write_times_out_for_the_client_and_lands_later() {
+    use syncback::config::{SalesforceSettings, Secret};
+    use syncback::salesforce::SalesforceApi;
+    let r = rig().await;
+    let c = r.synced("H1", ("42", "Engineering")).await;
+    let (sf, _) = r.org.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let client = syncback::salesforce::Client::new(&SalesforceSettings {
+        login_url: format!("http://{sf}"),
+        client_id: Org::CLIENT_ID.into(),
+        client_secret: Secret::new(Org::CLIENT_SECRET),
+        timeout_secs: 1,
+        ..Default::default()
+    })
+    .unwrap();
+    r.org.hold_next_writes(1, Duration::from_millis(2500));
+    let mut rec = Record::new();
+    rec.insert("LastName".into(), json!("Late"));
+    let err = client.update("Contact", &c, &rec).await.unwrap_err();
+    assert_eq!(err.code(), "TIMEOUT", "{err}");
+    assert_ne!(
+        r.org.record("Contact", &c).unwrap()["LastName"],
+        json!("Late")
+    );
+    // Reads are not held; the next write is not either.
+    assert!(client.query("SELECT Id FROM Contact").await.is_ok());
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    assert_eq!(
+        r.org.record("Contact", &c).unwrap()["LastName"],
+        json!("Late")
+    );
+}

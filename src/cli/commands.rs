@@ -202,6 +202,90 @@ async fn wait_for_dependencies(
     }
 }
 
+/// What a `work`/`run` process adds for the console: the mapping in force (console mode:
+/// the store's newest version, followed by a poller), a heartbeat, and the console itself
+/// when `admin.listen` is set. Returns the settings to build the engine from.
+async fn console_duties(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    queue: &Arc<dyn queue::Queue>,
+    role: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<(Settings, crate::sync::SettingsHandle)> {
+    use crate::admin::mapping;
+    let mut effective = settings.clone();
+    let (sync, version) = mapping::for_process(store.as_ref(), &settings.sync)
+        .await
+        .context("reading the mapping in force (sync.managed_by = \"console\")")?;
+    effective.sync = sync.clone();
+    let (tx, handle) = crate::sync::SettingsHandle::channel(sync);
+    let versions = if settings.sync.managed_by == crate::config::ManagedBy::Console {
+        info!(version = ?version, "mapping managed by the console; following new versions");
+        mapping::spawn_poller(
+            store.clone(),
+            tx,
+            version,
+            std::time::Duration::from_secs(settings.admin.mapping_poll_secs.max(1)),
+            shutdown.clone(),
+        )
+    } else {
+        watch::channel(None).1
+    };
+    spawn_heartbeat(store.clone(), role, versions, shutdown.clone());
+    if !settings.admin.listen.is_empty() {
+        let console = crate::admin::Console::new(settings, store.clone(), queue.clone())?;
+        let listener = bind(&settings.admin.listen, "admin.listen").await?;
+        info!(listen = %listener.local_addr()?, "admin console listening");
+        tokio::spawn(crate::admin::serve(
+            listener,
+            console,
+            wait_true(shutdown.clone()),
+        ));
+    }
+    Ok((effective, handle))
+}
+
+/// Report this process every 5 s ("workers seen recently" on the console's Overview).
+fn spawn_heartbeat(
+    store: Arc<dyn Store>,
+    role: &str,
+    versions: watch::Receiver<Option<i64>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    let me = crate::store::WorkerSeen {
+        worker_id: uuid::Uuid::new_v4().to_string(),
+        host: format!("{host} pid {}", std::process::id()),
+        role: role.to_string(),
+        mapping_version: None,
+        api_used: None,
+        api_max: None,
+        started_at: chrono::Utc::now(),
+        seen_at: chrono::Utc::now(),
+    };
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|s| *s) => return,
+                _ = tick.tick() => {}
+            }
+            let seen = crate::store::WorkerSeen {
+                mapping_version: *versions.borrow(),
+                seen_at: chrono::Utc::now(),
+                ..me.clone()
+            };
+            if let Err(e) = store.heartbeat(&seen).await {
+                warn!(error = %e, "heartbeat not recorded");
+            }
+        }
+    });
+}
+
 pub async fn work(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Work)?;
     for w in settings.warnings() {
@@ -225,7 +309,9 @@ pub async fn work(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCod
     else {
         return Ok(ExitCode::SUCCESS);
     };
-    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
+    let (effective, _mapping) =
+        console_duties(&settings, &store, &queue, "work", &shutdown).await?;
+    let engine = crate::worker::engine_from_settings(&effective, store.clone()).await?;
     spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     worker.run(shutdown).await?;
@@ -256,7 +342,8 @@ pub async fn run_all(settings: Settings, args: StartArgs) -> anyhow::Result<Exit
         server.await??;
         return Ok(ExitCode::SUCCESS);
     };
-    let engine = crate::worker::engine_from_settings(&settings, store.clone()).await?;
+    let (effective, _mapping) = console_duties(&settings, &store, &queue, "run", &shutdown).await?;
+    let engine = crate::worker::engine_from_settings(&effective, store.clone()).await?;
     spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));

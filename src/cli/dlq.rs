@@ -24,9 +24,9 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
     match cmd {
         DlqCmd::List(a) => {
             let filter = DlqFilter {
-                id: None,
                 reason: a.reason,
                 event_type: a.event_type,
+                ..Default::default()
             };
             let all = q.dlq_list().await?;
             let shown: Vec<&DeadLetter> = all.iter().filter(|d| filter.matches(d)).collect();
@@ -57,7 +57,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
             let filter = DlqFilter {
                 id: a.id,
                 reason: a.reason,
-                event_type: None,
+                ..Default::default()
             };
             let all = q.dlq_list().await?;
             let matching: Vec<&DeadLetter> = all.iter().filter(|d| filter.matches(d)).collect();
@@ -83,7 +83,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
             let filter = DlqFilter {
                 id: a.id,
                 reason: a.reason,
-                event_type: None,
+                ..Default::default()
             };
             let count = q
                 .dlq_list()

@@ -10,9 +10,11 @@ use crate::config::{LogFormat, Role, Settings};
 
 pub mod budget;
 mod commands;
+mod console;
 pub mod demo;
 mod dlq;
 pub mod reconcile;
+pub mod send;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -71,6 +73,16 @@ pub enum Command {
         #[command(subcommand)]
         cmd: LearnerCmd,
     },
+    /// The mapping in force (the Data Mapping page): show it, or change it (`console` mode).
+    Mapping {
+        #[command(subcommand)]
+        cmd: MappingCmd,
+    },
+    /// Admin console tools.
+    Admin {
+        #[command(subcommand)]
+        cmd: AdminCmd,
+    },
     /// Sync every in-scope learner in batches (for turning the sync on for an existing department).
     /// Find drift between SkillSync, the store and Salesforce, and repair it through the
     /// same apply path as events. Exit code: 0 in sync (or all repaired), 2 drift remains,
@@ -92,6 +104,9 @@ pub enum Command {
     /// The whole flow in one process with no outside services (in-memory queue, SQLite,
     /// built-in Salesforce and SkillSync sandboxes), walking through every rule.
     Demo(demo::DemoArgs),
+    /// Sign a sample event (or --file) with a webhook secret and post it to a receiver,
+    /// as SkillSync would (try it against `demo --keep-running`).
+    Send(send::SendArgs),
     /// Serve a built-in sandbox over HTTP (for manual testing).
     Sandbox {
         #[command(subcommand)]
@@ -163,6 +178,49 @@ pub enum LearnerCmd {
         #[arg(long, default_value_t = 20)]
         limit: u32,
     },
+    /// Fetch the learner's SkillSync snapshot and apply it through the normal rules now.
+    Resync {
+        id: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+    /// Link the learner to a Contact (resolving `contact_ambiguous`), then replay its
+    /// dead letters.
+    Link {
+        id: String,
+        /// The Salesforce Contact Id.
+        #[arg(long)]
+        contact: String,
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MappingCmd {
+    /// Print the mapping in force (and its version in `console` mode).
+    Show {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change keys of the mapping (`sync.managed_by = "console"`), validated against
+    /// SkillSync and Salesforce like the console's Save, e.g.
+    /// `mapping set account_rule=default default_account_id=001…`.
+    Set {
+        /// `key=value` pairs: enabled, source_department_id, scope, account_rule,
+        /// default_account_id, account_field, match_field, field_map ("A = b; C = d").
+        #[arg(required = true, value_name = "KEY=VALUE")]
+        pairs: Vec<String>,
+        /// Who to record in the audit log (default: $USER).
+        #[arg(long)]
+        actor: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Read a password on stdin and print its Argon2id hash for `[[admin.users]]`.
+    HashPassword,
 }
 
 #[derive(Debug, Subcommand)]
@@ -274,6 +332,13 @@ fn load(cli: &Cli) -> anyhow::Result<Settings> {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Needs no configuration at all.
+    if let Command::Admin {
+        cmd: AdminCmd::HashPassword,
+    } = &cli.command
+    {
+        return console::hash_password();
+    }
     // The demo brings its own configuration.
     if let Command::Demo(args) = &cli.command {
         let mut log = crate::config::LogSettings::default();
@@ -294,6 +359,14 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Learner {
             cmd: LearnerCmd::Status { id, json, limit },
         } => commands::learner_status(settings, &id, json, limit).await,
+        Command::Learner {
+            cmd: LearnerCmd::Resync { id, actor },
+        } => console::learner_resync(settings, &id, actor).await,
+        Command::Learner {
+            cmd: LearnerCmd::Link { id, contact, actor },
+        } => console::learner_link(settings, &id, &contact, actor).await,
+        Command::Mapping { cmd } => console::mapping(settings, cmd).await,
+        Command::Admin { .. } => unreachable!("handled above"),
         Command::Backfill { dry_run, restart } => {
             commands::backfill(settings, dry_run, restart).await
         }
@@ -301,6 +374,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cmd: ConfigCmd::Check { role, offline },
         } => commands::config_check(settings, role.into(), offline).await,
         Command::Sandbox { cmd } => commands::sandbox(cmd).await,
+        Command::Send(args) => send::run(&settings, &args).await,
         Command::Reconcile(args) => reconcile::run(settings, args, None).await,
         Command::Demo(_) => unreachable!("handled above"),
     }
@@ -335,6 +409,18 @@ mod tests {
             vec!["syncback", "dlq", "replay", "--reason", "account_not_found"],
             vec!["syncback", "dlq", "purge", "--yes"],
             vec!["syncback", "learner", "status", "L1"],
+            vec!["syncback", "learner", "resync", "L1"],
+            vec![
+                "syncback",
+                "learner",
+                "link",
+                "L1",
+                "--contact",
+                "003000000000001",
+            ],
+            vec!["syncback", "mapping", "show"],
+            vec!["syncback", "mapping", "set", "scope=department_only"],
+            vec!["syncback", "admin", "hash-password"],
             vec!["syncback", "backfill", "--dry-run"],
             vec![
                 "syncback",
@@ -359,6 +445,14 @@ mod tests {
                 "--offline",
             ],
             vec!["syncback", "demo"],
+            vec![
+                "syncback",
+                "send",
+                "--type",
+                "learner.updated",
+                "--learner",
+                "L7",
+            ],
             vec![
                 "syncback",
                 "sandbox",

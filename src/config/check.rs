@@ -200,6 +200,9 @@ impl Settings {
                 _ => {}
             }
         }
+        if receives || works {
+            errs.extend(self.admin_problems());
+        }
         if errs.is_empty() {
             Ok(())
         } else {

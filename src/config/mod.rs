@@ -6,6 +6,7 @@
 //! [`Settings::validate_for`] checks what a given role needs. Secrets are wrapped in
 //! [`Secret`], whose `Debug`/`Display` never print the value.
 
+mod admin;
 mod check;
 mod load;
 mod reconcile;
@@ -17,6 +18,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
+pub use admin::{AdminSettings, AdminUser, ManagedBy};
 pub use check::{is_api_name, is_sf_id};
 pub use reconcile::*;
 pub use sections::*;
@@ -67,6 +69,7 @@ pub struct Settings {
     pub sync: SyncSettings,
     pub worker: WorkerSettings,
     pub log: LogSettings,
+    pub admin: AdminSettings,
     pub reconcile: ReconcileSettings,
 }
 

@@ -251,6 +251,8 @@ pub struct SyncSettings {
     /// R8 extra mapping: Contact field -> learner attribute (`first_name`, `last_name`,
     /// `email`, `username`, or `fields.<key>`). Defaults to FirstName/LastName/Email.
     pub field_map: std::collections::BTreeMap<String, String>,
+    /// Where this mapping lives: `file` (this section) or `console` (the store).
+    pub managed_by: super::ManagedBy,
 }
 
 impl Default for SyncSettings {
@@ -269,6 +271,7 @@ impl Default for SyncSettings {
             account_field: String::new(),
             link_field: "SkillSync_User_Id__c".into(),
             field_map,
+            managed_by: super::ManagedBy::File,
         }
     }
 }

@@ -62,24 +62,49 @@ pub struct DeadLetter {
     pub learner_id: Option<String>,
 }
 
-/// Which dead letters a `dlq replay`/`purge` applies to.
+/// Which dead letters a `dlq replay`/`purge` (or the console's selection) applies to.
 #[derive(Clone, Debug, Default)]
 pub struct DlqFilter {
     pub id: Option<String>,
+    /// Any of these event ids (empty: no restriction).
+    pub ids: Vec<String>,
     pub reason: Option<String>,
     pub event_type: Option<String>,
+    pub learner: Option<String>,
+    /// Last failure at or after / before these times.
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
 }
 
 impl DlqFilter {
     pub fn matches(&self, d: &DeadLetter) -> bool {
+        let at = d.last_failure_at.or(d.first_failure_at);
         self.id
             .as_deref()
             .is_none_or(|id| d.message.webhook_id == id)
+            && (self.ids.is_empty() || self.ids.contains(&d.message.webhook_id))
             && self.reason.as_deref().is_none_or(|r| d.reason_kind == r)
             && self
                 .event_type
                 .as_deref()
                 .is_none_or(|t| d.message.event_type() == Some(t))
+            && self
+                .learner
+                .as_deref()
+                .is_none_or(|l| d.learner_id.as_deref() == Some(l))
+            && self.since.is_none_or(|s| at.is_some_and(|a| a >= s))
+            && self.until.is_none_or(|u| at.is_some_and(|a| a < u))
+    }
+
+    /// No restriction at all (every dead letter matches).
+    pub fn is_everything(&self) -> bool {
+        self.id.is_none()
+            && self.ids.is_empty()
+            && self.reason.is_none()
+            && self.event_type.is_none()
+            && self.learner.is_none()
+            && self.since.is_none()
+            && self.until.is_none()
     }
 }
 

@@ -238,6 +238,16 @@ impl Client {
         *self.inner.usage.lock().unwrap()
     }
 
+    /// The org's instance URL once a session exists (links into Salesforce).
+    pub async fn instance_url(&self) -> Option<String> {
+        self.inner
+            .session
+            .lock()
+            .await
+            .as_ref()
+            .map(|s| s.instance_url.clone())
+    }
+
     /// The RS256 assertion of the JWT bearer flow: issued by the connected app
     /// (`client_id`) for `username`, to the login host, valid three minutes.
     fn assertion(

@@ -12,8 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::EntityKind;
 
+pub mod console;
 pub mod sql;
 
+pub use console::{AuditEntry, ConsoleStore, MappingVersion, OutcomeCount, WorkerSeen};
 pub use sql::{open, SqlStore};
 
 /// Whether a learner is currently linked to a Contact (R8/R9).
@@ -156,7 +158,7 @@ impl StoreError {
 }
 
 #[async_trait]
-pub trait Store: Send + Sync + 'static {
+pub trait Store: ConsoleStore + Send + Sync + 'static {
     /// Run migrations (idempotent).
     async fn migrate(&self) -> Result<(), StoreError>;
     /// Reachability (`/readyz`).

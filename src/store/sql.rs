@@ -17,6 +17,8 @@ use super::{
 };
 use crate::model::EntityKind;
 
+mod console;
+
 /// Migrations compiled into the binary: (version, description, SQL) per backend.
 const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -34,6 +36,11 @@ const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
         "reconcile",
         include_str!("../../migrations/postgres/0003_reconcile.sql"),
     ),
+    (
+        4,
+        "console",
+        include_str!("../../migrations/postgres/0004_console.sql"),
+    ),
 ];
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -50,6 +57,11 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         3,
         "reconcile",
         include_str!("../../migrations/sqlite/0003_reconcile.sql"),
+    ),
+    (
+        4,
+        "console",
+        include_str!("../../migrations/sqlite/0004_console.sql"),
     ),
 ];
 
@@ -255,6 +267,21 @@ fn bind_learner<'q>(
         .bind(s.last_outcome.as_deref())
         .bind(s.last_error.as_deref())
         .bind(micros(s.updated_at))
+}
+
+fn event_from_row(row: &AnyRow) -> Result<EventRecord, StoreError> {
+    let class: String = row.try_get("class").map_err(map_err)?;
+    Ok(EventRecord {
+        event_id: row.try_get("event_id").map_err(map_err)?,
+        event_type: row.try_get("event_type").map_err(map_err)?,
+        learner_id: row.try_get("learner_id").map_err(map_err)?,
+        occurred_at: from_micros(row.try_get("occurred_at").map_err(map_err)?),
+        class: OutcomeClass::parse(&class)
+            .ok_or_else(|| StoreError::Other(format!("unknown class {class:?}")))?,
+        code: row.try_get("code").map_err(map_err)?,
+        detail: row.try_get("detail").map_err(map_err)?,
+        recorded_at: from_micros(row.try_get("recorded_at").map_err(map_err)?),
+    })
 }
 
 /// Open the store at `url`, run its migrations and return it behind the trait.
@@ -470,22 +497,7 @@ impl Store for SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(map_err)?;
-        rows.iter()
-            .map(|row| {
-                let class: String = row.try_get("class").map_err(map_err)?;
-                Ok(EventRecord {
-                    event_id: row.try_get("event_id").map_err(map_err)?,
-                    event_type: row.try_get("event_type").map_err(map_err)?,
-                    learner_id: row.try_get("learner_id").map_err(map_err)?,
-                    occurred_at: from_micros(row.try_get("occurred_at").map_err(map_err)?),
-                    class: OutcomeClass::parse(&class)
-                        .ok_or_else(|| StoreError::Other(format!("unknown class {class:?}")))?,
-                    code: row.try_get("code").map_err(map_err)?,
-                    detail: row.try_get("detail").map_err(map_err)?,
-                    recorded_at: from_micros(row.try_get("recorded_at").map_err(map_err)?),
-                })
-            })
-            .collect()
+        rows.iter().map(event_from_row).collect()
     }
 
     async fn prune_processed(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {

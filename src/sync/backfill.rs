@@ -42,6 +42,48 @@ pub struct Summary {
     pub elapsed_ms: u64,
     /// Dry run: one line per planned change or failure.
     pub plan: Vec<String>,
+    /// What was walked: explains a run that saw no learners.
+    pub walked: Walked,
+}
+
+/// The scope a backfill walked (R2, R3): source department, scope, and the learners
+/// SkillSync listed per department.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Walked {
+    pub source_department_id: String,
+    pub scope: String,
+    /// (department id, name, learners listed in this run).
+    pub departments: Vec<(String, String, u64)>,
+}
+
+impl Walked {
+    /// Why nothing was seen, and what to do about it (docs/rules.md R2, R3).
+    fn explain_empty(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let listed: Vec<String> = self
+            .departments
+            .iter()
+            .map(|(id, name, n)| format!("{id} {name}: {n}"))
+            .collect();
+        writeln!(
+            f,
+            "  no learners in scope: source department {} (sync.source_department_id), scope {} (sync.scope)",
+            self.source_department_id, self.scope
+        )?;
+        writeln!(
+            f,
+            "    SkillSync listed {} department(s), learners per department: {}",
+            self.departments.len(),
+            if listed.is_empty() {
+                "(none)".to_string()
+            } else {
+                listed.join(", ")
+            }
+        )?;
+        writeln!(
+            f,
+            "    hint: SkillSync lists a learner under its own department only; if the learners are in a sub-department, use sync.scope = \"with_subdepartments\" or check sync.source_department_id"
+        )
+    }
 }
 
 impl Summary {
@@ -64,6 +106,9 @@ impl fmt::Display for Summary {
             writeln!(f, "Backfill finished:")?;
         }
         writeln!(f, "  learners seen  {}", self.seen)?;
+        if self.seen == 0 {
+            self.walked.explain_empty(f)?;
+        }
         writeln!(f, "  created        {}", self.created)?;
         writeln!(f, "  linked         {}", self.linked)?;
         writeln!(f, "  updated        {}", self.updated)?;
@@ -185,6 +230,17 @@ impl Backfill<'_> {
             ..Default::default()
         };
         let departments = self.scope.departments().await?;
+        summary.walked = Walked {
+            source_department_id: self.settings.source_department_id.clone(),
+            scope: serde_json::to_value(self.settings.scope)
+                .ok()
+                .and_then(|v| v.as_str().map(String::from))
+                .unwrap_or_default(),
+            departments: departments
+                .iter()
+                .map(|d| (d.id.clone(), d.name.clone(), 0))
+                .collect(),
+        };
         let mut cp: Checkpoint = match (
             self.restart || self.dry_run,
             self.store.checkpoint(CHECKPOINT).await?,
@@ -231,6 +287,7 @@ impl Backfill<'_> {
                 .ss
                 .learners_page(&dept.id, cp.cursor.as_deref())
                 .await?;
+            summary.walked.departments[cp.department_index].2 += page.items.len() as u64;
             buffer.extend(page.items);
             match page.next_cursor {
                 Some(c) => cp.cursor = Some(c),

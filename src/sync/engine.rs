@@ -856,19 +856,24 @@ impl Engine {
                 )
             })
             .collect();
+        let e_keep: Vec<&str> = enrollments.iter().map(|e| e.id.as_str()).collect();
+        let c_keep: Vec<&str> = certifications.iter().map(|c| c.id.as_str()).collect();
         let mut written = 0;
-        for (object, field, records) in [
+        for (object, field, records, keep) in [
             (
                 rules::ENROLLMENT_OBJECT,
                 rules::ENROLLMENT_EXT_ID,
                 &e_records,
+                &e_keep,
             ),
             (
                 rules::CERTIFICATION_OBJECT,
                 rules::CERTIFICATION_EXT_ID,
                 &c_records,
+                &c_keep,
             ),
         ] {
+            written += self.delete_missing(object, field, contact, keep).await?;
             if records.is_empty() {
                 continue;
             }
@@ -896,6 +901,52 @@ impl Engine {
             written += results.len();
         }
         Ok(written)
+    }
+
+    /// R10: delete the Contact's `object` records whose external id SkillSync no longer
+    /// has (docs/rules.md R10). Returns how many were deleted.
+    async fn delete_missing(
+        &self,
+        object: &str,
+        ext_field: &str,
+        contact: &str,
+        keep: &[&str],
+    ) -> StepResult<usize> {
+        let q = format!(
+            "SELECT Id, {ext_field} FROM {object} WHERE {}",
+            soql::eq("Contact__c", contact)
+        );
+        let gone: Vec<String> = self
+            .sf
+            .query(&q)
+            .await?
+            .iter()
+            .filter(|r| {
+                r.get(ext_field)
+                    .and_then(Value::as_str)
+                    .is_none_or(|ext| !keep.contains(&ext))
+            })
+            .filter_map(|r| r.get("Id").and_then(Value::as_str).map(String::from))
+            .collect();
+        if gone.is_empty() {
+            return Ok(0);
+        }
+        let results = self.sf.delete_many(&gone, false).await?;
+        let failed: Vec<String> = results
+            .iter()
+            .filter(|r| !r.success)
+            .flat_map(|r| r.errors.iter())
+            .filter(|e| e.error_code != "ENTITY_IS_DELETED")
+            .map(|e| format!("{}: {}", e.error_code, e.message))
+            .collect();
+        if !failed.is_empty() {
+            return Err(Permanent::new(
+                "salesforce_rejected",
+                format!("deleting {object} records: {}", failed.join("; ")),
+            )
+            .into());
+        }
+        Ok(gone.len())
     }
 }
 

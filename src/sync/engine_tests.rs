@@ -537,3 +537,64 @@ async fn r5_matching_on_a_configured_field_other_than_email() {
         "Email maps from learner.email"
     );
 }
+
+/// R10: reactivation makes the Contact's enrollments and certifications equal SkillSync's
+/// current ones: upserts what SkillSync has, deletes what it no longer has.
+#[tokio::test]
+async fn r10_reactivation_deletes_records_skillsync_no_longer_has() {
+    let t = setup(|_, _| {}).await;
+    let l = |status: &str| learner("L1", "a@x.example", ("43", "Sales"), status, json!({}));
+    t.lms
+        .upsert_learner(serde_json::from_value(l("active")).unwrap());
+    assert_eq!(
+        t.learner_event("e1", "learner.created", 1, l("active"))
+            .await
+            .code,
+        "created"
+    );
+    let cert = json!({"id": "C1", "learner_id": "L1", "name": "Admin", "issued_at": "2026-11-01T00:00:00Z",
+        "status": "active", "updated_at": "2026-11-01T00:00:00Z"});
+    let enr = |id: &str| {
+        json!({"id": id, "learner_id": "L1", "course_id": "7", "course_name": "C",
+        "status": "enrolled", "enrolled_at": "2026-11-01T00:00:00Z", "updated_at": "2026-11-01T00:00:00Z"})
+    };
+    for (i, (ty, data)) in [
+        ("certification.issued", json!({"certification": cert})),
+        ("enrollment.created", json!({"enrollment": enr("E1")})),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let o = t
+            .engine
+            .handle(&t.env(&format!("c{i}"), ty, 2 + i as i64, data))
+            .await
+            .unwrap();
+        assert_eq!(o.code, "upserted");
+    }
+    t.learner_event("e2", "learner.deactivated", 5, l("inactive"))
+        .await;
+    // Meanwhile SkillSync dropped C1 and E1, and has E2.
+    t.lms
+        .add_enrollment(serde_json::from_value(enr("E2")).unwrap());
+    let o = t
+        .learner_event("e3", "learner.reactivated", 6, l("active"))
+        .await;
+    assert_eq!(o.code, "relinked");
+    let ids = |object: &str, field: &str| -> Vec<String> {
+        t.org
+            .records(object)
+            .iter()
+            .map(|r| r[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(
+        ids("SkillSync_Enrollment__c", "SkillSync_Enrollment_Id__c"),
+        ["E2"]
+    );
+    assert!(ids(
+        "SkillSync_Certification__c",
+        "SkillSync_Certification_Id__c"
+    )
+    .is_empty());
+}

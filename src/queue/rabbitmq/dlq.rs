@@ -132,7 +132,7 @@ impl RabbitQueue {
     }
 
     pub(super) async fn purge_dead(&self, filter: &DlqFilter) -> Result<u64, QueueError> {
-        if filter.id.is_none() && filter.reason.is_none() && filter.event_type.is_none() {
+        if filter.is_everything() {
             let link = self.link().await?;
             let n = link
                 .publish

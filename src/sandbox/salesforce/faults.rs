@@ -65,6 +65,22 @@ impl Org {
         self.state.lock().unwrap().faults.fail_next(n, fault);
     }
 
+    /// The next `n` write calls over HTTP (anything but GET) are held for `hold` and then
+    /// applied, whether or not the client is still waiting — as Salesforce finishes a request
+    /// whose client timed out. With a hold longer than the client's timeout, the client sees
+    /// a timeout and the write lands later (`n = 0` clears).
+    pub fn hold_next_writes(&self, n: u32, hold: Duration) {
+        self.state.lock().unwrap().held_writes = (n > 0).then_some((n, hold));
+    }
+
+    /// Take a due write hold.
+    pub(super) fn take_write_hold(&self) -> Option<Duration> {
+        let mut s = self.state.lock().unwrap();
+        let (n, d) = s.held_writes?;
+        s.held_writes = (n > 1).then_some((n - 1, d));
+        Some(d)
+    }
+
     /// Injected faults not yet consumed.
     pub fn faults_pending(&self) -> u32 {
         self.state.lock().unwrap().faults.pending()

@@ -135,6 +135,31 @@ async fn rest_gate(State(org): State<Org>, req: Request, next: Next) -> Response
         return (StatusCode::UNAUTHORIZED, Json(json!([{"message": "Session expired or invalid", "errorCode": "INVALID_SESSION_ID"}]))).into_response();
     }
     let endpoint = endpoint_name(req.method(), req.uri().path());
+    if req.method() != Method::GET {
+        if let Some(hold) = org.take_write_hold() {
+            // Held, then applied in a task of its own: a client that times out and goes
+            // away does not cancel it (the late-landing write).
+            let org = org.clone();
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(hold).await;
+                let mut resp = match org.enter(endpoint).await {
+                    Err(e) => error_response(&e),
+                    Ok(()) => next.run(req).await,
+                };
+                if let Ok(v) = HeaderValue::from_str(&org.limit_info()) {
+                    resp.headers_mut().insert("Sforce-Limit-Info", v);
+                }
+                resp
+            });
+            return task.await.unwrap_or_else(|e| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("held write failed: {e}"),
+                )
+                    .into_response()
+            });
+        }
+    }
     let mut resp = match org.enter(endpoint).await {
         Err(e) => error_response(&e),
         Ok(()) => next.run(req).await,

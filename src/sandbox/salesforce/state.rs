@@ -20,6 +20,9 @@ pub(super) struct OrgState {
     pub(super) tokens: HashSet<String>,
     /// Injected faults and latency (see `faults.rs`).
     pub(super) faults: FaultControls<Fault>,
+    /// The next N write calls over HTTP are held this long, then applied even when the
+    /// client gave up (see `Org::hold_next_writes`).
+    pub(super) held_writes: Option<(u32, std::time::Duration)>,
     pub(super) api_limit: u64,
     pub(super) api_used: u64,
     /// Answer upsert-updates like API versions before 46.0: 204, no body.

@@ -129,6 +129,10 @@ impl Lms {
         self.state.lock().unwrap().enrollments.remove(id);
     }
 
+    pub fn remove_certification(&self, id: &str) {
+        self.state.lock().unwrap().certifications.remove(id);
+    }
+
     pub fn add_certification(&self, c: Certification) {
         self.state
             .lock()

@@ -22,8 +22,9 @@ use super::diff::{diff, ExpectedChildren, LearnerDiff, Problem};
 use super::load::Loader;
 use super::{Drift, DriftKind};
 
-/// Learners per batch (one `IN` query per read kind, see [`super::load`]).
-pub const BATCH: usize = 400;
+/// Learners per batch: their Contact ids fit one `IN` list of [`super::load::MAX_IN_CHARS`],
+/// so a batch costs one query per child object.
+pub const BATCH: usize = 360;
 /// The store checkpoint holding the start time of the last completed pass (RFC 3339).
 pub const LAST_PASS: &str = "reconcile.last_pass";
 /// The store lease only one reconciler holds at a time.

@@ -1,0 +1,178 @@
+//! The command-line twins of the console's actions (README "Admin console"):
+//! `admin hash-password`, `mapping show|set`, `learner resync|link` — the same code
+//! as the console ([`crate::admin`]).
+
+use std::io::{BufRead, IsTerminal};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use super::MappingCmd;
+use crate::admin::{actions, auth, mapping};
+use crate::config::{Role, Settings};
+use crate::store::Store;
+
+fn actor(given: Option<String>) -> String {
+    given
+        .or_else(|| std::env::var("USER").ok())
+        .map(|u| format!("cli:{u}"))
+        .unwrap_or_else(|| "cli".into())
+}
+
+async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    crate::store::open(settings.store.url.expose(), 2)
+        .await
+        .context("opening the state store (store.url)")
+}
+
+/// `syncback admin hash-password`: one line on stdin → its Argon2id PHC string.
+pub fn hash_password() -> anyhow::Result<ExitCode> {
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Type the password, then Enter (it is echoed; pipe it in to avoid that):");
+    }
+    let mut line = String::new();
+    stdin.lock().read_line(&mut line)?;
+    let pw = line.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!pw.is_empty(), "no password on stdin");
+    println!("{}", auth::hash_password(pw)?);
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn mapping(settings: Settings, cmd: MappingCmd) -> anyhow::Result<ExitCode> {
+    match cmd {
+        MappingCmd::Show { json } => {
+            settings.validate_for(Role::Status)?;
+            let store = open_store(&settings).await?;
+            let v = mapping::current(store.as_ref(), &settings.sync).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print_mapping(&v);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MappingCmd::Set { pairs, actor: who } => {
+            settings.validate_for(Role::Work)?;
+            let mut kv = Vec::new();
+            for p in &pairs {
+                let Some((k, v)) = p.split_once('=') else {
+                    anyhow::bail!("{p:?}: write key=value (e.g. scope=department_only)");
+                };
+                kv.push((k.trim().to_string(), v.to_string()));
+            }
+            let store = open_store(&settings).await?;
+            let view = mapping::current(store.as_ref(), &settings.sync).await?;
+            let next = match mapping::apply_pairs(&view.settings, &kv) {
+                Ok(n) => n,
+                Err(errs) => {
+                    for e in errs {
+                        eprintln!("✗ {}: {}", e.field, e.message);
+                    }
+                    return Ok(ExitCode::from(2));
+                }
+            };
+            let sf = crate::salesforce::Client::new(&settings.salesforce)?;
+            let ss = crate::skillsync::Client::new(&settings.skillsync)?;
+            match mapping::save(store.as_ref(), &sf, &ss, &view, next, &actor(who)).await {
+                Ok(v) => {
+                    println!("saved mapping version {v}; workers apply it within seconds");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(mapping::SaveError::Invalid(errs)) => {
+                    for e in errs {
+                        eprintln!("✗ {}: {}", e.field, e.message);
+                    }
+                    Ok(ExitCode::from(2))
+                }
+                Err(e) => Err(e.into()),
+            }
+        }
+    }
+}
+
+fn print_mapping(v: &mapping::MappingView) {
+    let s = &v.settings;
+    match v.version {
+        Some(n) => println!(
+            "managed_by            console (version {n}, saved by {} at {})",
+            v.saved_by.as_deref().unwrap_or("?"),
+            v.saved_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        ),
+        None => println!("managed_by            file (the [sync] section of the configuration)"),
+    }
+    println!("enabled               {}", s.enabled);
+    println!("source_department_id  {}", s.source_department_id);
+    println!(
+        "scope                 {}",
+        serde_json::to_value(s.scope)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?")
+    );
+    println!(
+        "account_rule          {}",
+        serde_json::to_value(s.account_rule)
+            .unwrap_or_default()
+            .as_str()
+            .unwrap_or("?")
+    );
+    println!("default_account_id    {}", s.default_account_id);
+    println!("account_field         {}", s.account_field);
+    println!("match_field           {}", s.match_field);
+    println!("link_field            {}", s.link_field);
+    println!(
+        "field_map             {}",
+        mapping::field_map_text(s).replace('\n', "; ")
+    );
+}
+
+pub async fn learner_resync(
+    settings: Settings,
+    id: &str,
+    who: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Work)?;
+    let store = open_store(&settings).await?;
+    let queue = crate::queue::connect(&settings.queue)
+        .await
+        .context("connecting to the broker (queue.url)")?;
+    let ss = crate::skillsync::Client::new(&settings.skillsync)?;
+    let r = actions::resync(id, &ss, queue.as_ref(), store.as_ref(), &actor(who)).await;
+    queue.close().await;
+    let ev = r?;
+    println!("re-sync of learner {id} queued as event {ev}; `syncback learner status {id}` shows its outcome");
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn learner_link(
+    settings: Settings,
+    id: &str,
+    contact: &str,
+    who: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    settings.validate_for(Role::Work)?;
+    let store = open_store(&settings).await?;
+    let queue = crate::queue::connect(&settings.queue)
+        .await
+        .context("connecting to the broker (queue.url)")?;
+    let sf = crate::salesforce::Client::new(&settings.salesforce)?;
+    let s = mapping::current(store.as_ref(), &settings.sync)
+        .await?
+        .settings;
+    let r = actions::link(
+        id,
+        contact,
+        &s,
+        &sf,
+        store.as_ref(),
+        queue.as_ref(),
+        &actor(who),
+    )
+    .await;
+    queue.close().await;
+    let n = r?;
+    println!("learner {id} linked to Contact {contact}; {n} dead letters replayed");
+    Ok(ExitCode::SUCCESS)
+}
