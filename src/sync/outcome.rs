@@ -217,7 +217,11 @@ impl SyncError {
 
 impl From<StoreError> for SyncError {
     fn from(e: StoreError) -> Self {
-        SyncError::transient("store", e.to_string())
+        match e {
+            // A value the store refuses (NUL, too long): permanent, never "store down".
+            StoreError::Data(_) => SyncError::BadEvent(e.to_string()),
+            _ => SyncError::transient("store", e.to_string()),
+        }
     }
 }
 
