@@ -264,7 +264,17 @@ async fn postgres_store_honours_the_contract() {
         return;
     };
     let store = syncback::store::open(&url, 8).await.unwrap();
-    contract(store).await;
+    contract(store.clone()).await;
+    // A NUL in a value is SQLSTATE 22021: a permanent data error (bad_event), never
+    // "store unavailable" retried until max_attempts.
+    let e = store.learner("a\u{0}b").await.unwrap_err();
+    assert!(
+        matches!(e, syncback::store::StoreError::Data(_)),
+        "expected a data error, got {e:?}"
+    );
+    let sync_err: syncback::sync::engine::SyncError = e.into();
+    assert_eq!(sync_err.kind(), "bad_event");
+    assert!(!sync_err.is_transient());
 }
 
 #[tokio::test]

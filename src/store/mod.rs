@@ -142,6 +142,11 @@ pub enum StoreError {
     /// Connection problems, timeouts, serialization/lock conflicts: retry.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The data itself cannot be stored (PostgreSQL SQLSTATE classes 22 "data exception"
+    /// and 54 "program limit exceeded": a NUL character, a value too long, ...): retrying
+    /// cannot help, the event is a permanent `bad_event` (docs/rules.md R13).
+    #[error("data the store cannot hold: {0}")]
+    Data(String),
     #[error("store error: {0}")]
     Other(String),
 }

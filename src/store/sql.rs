@@ -138,23 +138,40 @@ fn map_err(e: sqlx::Error) -> StoreError {
         | E::Protocol(_) => StoreError::Unavailable(e.to_string()),
         E::Database(db) => {
             let code = db.code().map(|c| c.to_string()).unwrap_or_default();
-            // PostgreSQL: serialization_failure, deadlock_detected, admin/crash shutdown,
-            // cannot_connect_now; SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and extended codes.
-            let transient = matches!(
-                code.as_str(),
-                "40001" | "40P01" | "57P01" | "57P02" | "57P03"
-            ) || code.starts_with("08")
-                || code
-                    .parse::<i32>()
-                    .map(|c| matches!(c & 0xff, 5 | 6))
-                    .unwrap_or(false);
+            let postgres = db
+                .try_downcast_ref::<sqlx::postgres::PgDatabaseError>()
+                .is_some();
+            let transient = if postgres {
+                // serialization_failure, deadlock_detected, admin/crash shutdown,
+                // cannot_connect_now, connection exceptions (class 08).
+                matches!(
+                    code.as_str(),
+                    "40001" | "40P01" | "57P01" | "57P02" | "57P03"
+                ) || code.starts_with("08")
+            } else {
+                // SQLite: SQLITE_BUSY (5), SQLITE_LOCKED (6) and their extended codes.
+                code.parse::<i32>().is_ok_and(|c| matches!(c & 0xff, 5 | 6))
+            };
             if transient {
                 StoreError::Unavailable(e.to_string())
+            } else if is_data_error(postgres, &code) {
+                StoreError::Data(e.to_string())
             } else {
                 StoreError::Other(e.to_string())
             }
         }
         _ => StoreError::Other(e.to_string()),
+    }
+}
+
+/// PostgreSQL SQLSTATE classes 22 (data exception) and 54 (program limit exceeded);
+/// SQLite SQLITE_TOOBIG (18) and SQLITE_MISMATCH (20).
+fn is_data_error(postgres: bool, code: &str) -> bool {
+    if postgres {
+        code.starts_with("22") || code.starts_with("54")
+    } else {
+        code.parse::<i32>()
+            .is_ok_and(|c| matches!(c & 0xff, 18 | 20))
     }
 }
 
@@ -611,5 +628,25 @@ impl Store for SqlStore {
                 .await
                 .map_err(map_err)?;
         Ok(done.rows_affected() > 0)
+    }
+}
+
+#[cfg(test)]
+mod data_error_tests {
+    #[test]
+    fn data_exceptions_and_limits_are_data_errors_not_outages() {
+        // 22021 (NUL in text) once read as SQLite's BUSY (22021 & 0xff == 5): transient.
+        for c in ["22021", "22001", "22P05", "54000", "54001"] {
+            assert!(super::is_data_error(true, c), "{c}");
+        }
+        for c in ["40001", "08006", "57P01", "42P01", "23505"] {
+            assert!(!super::is_data_error(true, c), "{c}");
+        }
+        for c in ["18", "20"] {
+            assert!(super::is_data_error(false, c), "{c}");
+        }
+        for c in ["5", "517", "19", "2067"] {
+            assert!(!super::is_data_error(false, c), "{c}");
+        }
     }
 }

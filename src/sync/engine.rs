@@ -63,9 +63,13 @@ impl SyncError {
 
 impl From<StoreError> for SyncError {
     fn from(e: StoreError) -> Self {
-        SyncError::Transient {
-            kind: "store",
-            message: e.to_string(),
+        match e {
+            // A value the store refuses (NUL, too long): permanent, never "store down".
+            StoreError::Data(_) => SyncError::BadEvent(e.to_string()),
+            _ => SyncError::Transient {
+                kind: "store",
+                message: e.to_string(),
+            },
         }
     }
 }

@@ -30,6 +30,53 @@ pub struct Violation {
     pub message: String,
 }
 
+/// A strict RFC 3339 `date-time` (section 5.6): `YYYY-MM-DDTHH:MM:SS[.frac](Z|±HH:MM)`,
+/// digits where digits belong and a real calendar date and time (leap second allowed).
+/// The schema crate's own check lets `2026-11-25T1::41:16Z` through.
+pub fn is_rfc3339(s: &str) -> bool {
+    let b = s.as_bytes();
+    let digits =
+        |r: std::ops::Range<usize>| b.get(r).is_some_and(|d| d.iter().all(u8::is_ascii_digit));
+    if b.len() < 20
+        || !digits(0..4)
+        || b[4] != b'-'
+        || !digits(5..7)
+        || b[7] != b'-'
+        || !digits(8..10)
+        || !matches!(b[10], b'T' | b't')
+        || !digits(11..13)
+        || b[13] != b':'
+        || !digits(14..16)
+        || b[16] != b':'
+        || !digits(17..19)
+    {
+        return false;
+    }
+    let mut i = 19;
+    if b[i] == b'.' {
+        let start = i + 1;
+        i = start;
+        while i < b.len() && b[i].is_ascii_digit() {
+            i += 1;
+        }
+        if i == start {
+            return false;
+        }
+    }
+    let offset_ok = match &b[i..] {
+        [b'Z' | b'z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            [h1, h2, m1, m2].iter().all(|d| d.is_ascii_digit())
+                && (h1 - b'0') * 10 + (h2 - b'0') <= 23
+                && (m1 - b'0') * 10 + (m2 - b'0') <= 59
+        }
+        _ => false,
+    };
+    // Ranges (month 1-12, day of that month, 23:59:60 at most) via chrono; its parser
+    // accepts a space for the `T`, which the checks above already refused.
+    offset_ok && chrono::DateTime::parse_from_rfc3339(s).is_ok()
+}
+
 /// Compiled envelope schema (with the payload schemas it references).
 pub struct SchemaValidator {
     envelope: jsonschema::Validator,
@@ -45,7 +92,8 @@ impl SchemaValidator {
     pub fn new() -> Result<Self, String> {
         let mut options = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
-            .should_validate_formats(true);
+            .should_validate_formats(true)
+            .with_format("date-time", is_rfc3339);
         let mut envelope = None;
         for (name, text) in SCHEMAS {
             let value: Value =
@@ -92,6 +140,80 @@ impl SchemaValidator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn date_times_are_strict_rfc3339() {
+        for ok in [
+            "2026-11-25T16:41:16Z",
+            "2026-11-25T16:41:16.958Z",
+            "2026-11-25t16:41:16.958z",
+            "2026-11-25T16:41:16+01:00",
+            "2026-11-25T16:41:16.1-05:30",
+            "2024-02-29T00:00:00Z",
+        ] {
+            assert!(is_rfc3339(ok), "{ok} should pass");
+        }
+        for bad in [
+            "2026-11-25T1::41:16Z",
+            "20:6-11-25T16:41:16.958Z",
+            "2026-11-25 16:41:16Z",
+            "2026-11-25T16:41:16",
+            "2026-11-25T16:41:16.Z",
+            "2026-13-25T16:41:16Z",
+            "2025-02-29T16:41:16Z",
+            "2026-11-25T24:41:16Z",
+            "2026-11-25T16:41:16+1:00",
+            "2026-11-25T16:41:16+01:60",
+            "2026-11-25T16:41:16Z ",
+            "２026-11-25T16:41:16Z",
+            "",
+        ] {
+            assert!(!is_rfc3339(bad), "{bad:?} should fail");
+        }
+    }
+
+    #[test]
+    fn ids_are_bounded_in_length_and_characters() {
+        let v = SchemaValidator::new().unwrap();
+        let env = |learner_id: Value| {
+            serde_json::json!({
+                "id": "evt_01JD7X3K2N8Q4R5S6T7U8V9W0X",
+                "type": "learner.updated",
+                "occurred_at": "2026-11-25T16:41:16.958Z",
+                "data": {"learner": {
+                    "id": learner_id, "username": "u", "status": "active",
+                    "updated_at": "2026-11-25T16:41:16Z"
+                }}
+            })
+        };
+        for ok in [
+            serde_json::json!("1001"),
+            serde_json::json!(1001),
+            serde_json::json!("0f8fad5b-d9cb-469f-a165-70867728950e"),
+            serde_json::json!("L_01JD7X3K2N8Q4R5S6T7U8V9W0X"),
+            serde_json::json!("x".repeat(128)),
+        ] {
+            v.validate(&env(ok.clone()))
+                .unwrap_or_else(|e| panic!("{ok} should pass: {e:?}"));
+        }
+        for bad in [
+            serde_json::json!("a\u{0}b"),
+            serde_json::json!("x".repeat(8000)),
+            serde_json::json!("x".repeat(129)),
+            serde_json::json!("with space"),
+            serde_json::json!("é"),
+            serde_json::json!(""),
+        ] {
+            let errs = v.validate(&env(bad.clone())).expect_err("must fail");
+            assert!(
+                errs.iter().any(|e| e.path == "/data/learner/id"),
+                "{bad}: {errs:?}"
+            );
+        }
+        let mut e = env(serde_json::json!("1"));
+        e["id"] = serde_json::json!("evt 1");
+        assert!(v.validate(&e).is_err());
+    }
 
     fn examples(kind: &str) -> Vec<(String, Value)> {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
