@@ -256,3 +256,91 @@ async fn live_events_wait_at_the_ceiling_and_are_applied_when_usage_drops() {
         assert_eq!(common::contacts_with(&w.org, "Email", email).len(), 1);
     }
 }
+
+/// `syncback config check` against the sandboxes (off the test runtime's threads).
+async fn config_check(w: &World, extra_salesforce: &str, sync: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("syncback.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[store]\nurl = \"sqlite://{db}\"\n[queue]\nbackend = \"memory\"\n\
+             [salesforce]\nlogin_url = \"{sf}\"\nclient_id = \"sandbox-client\"\nclient_secret = \"sandbox-secret\"\n{extra_salesforce}\n\
+             [skillsync]\nbase_url = \"{ss}\"\nclient_id = \"sandbox-client\"\nclient_secret = \"sandbox-secret\"\n\
+             [sync]\nenabled = true\nsource_department_id = \"42\"\n{sync}\n",
+            db = dir.path().join("s.db").display(),
+            sf = w.sf_url,
+            ss = w.ss_url,
+        ),
+    )
+    .unwrap();
+    tokio::task::spawn_blocking(move || {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+            .args([
+                "--config",
+                cfg.to_str().unwrap(),
+                "config",
+                "check",
+                "--role",
+                "work",
+            ])
+            .env("RUST_LOG", "error")
+            .env_remove("SYNCBACK_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_warns_about_data_skew_and_the_replaced_threshold() {
+    let w = common::world().await;
+    let big = w.accounts["Prospects"].clone();
+    for i in 0..10_001 {
+        let mut c = syncback::salesforce::Record::new();
+        c.insert("LastName".into(), serde_json::json!(format!("Skew{i}")));
+        c.insert("AccountId".into(), serde_json::json!(big));
+        w.org.insert("Contact", c).unwrap();
+    }
+    let (code, out) = config_check(
+        &w,
+        "api_usage_threshold = 0.9",
+        &format!("account_rule = \"default\"\ndefault_account_id = \"{big}\""),
+    )
+    .await;
+    assert_eq!(code, 0, "warnings do not fail the check: {out}");
+    assert!(
+        out.contains("sync.default_account_id")
+            && out.contains("10001 Contacts")
+            && out.contains("data-skew threshold of 10000"),
+        "{out}"
+    );
+    assert!(
+        out.contains("salesforce.api_usage_threshold = 0.9 is no longer used"),
+        "{out}"
+    );
+    assert!(
+        out.contains("used in the last 24 h (syncback's ceiling 7,500"),
+        "usage against the ceiling is shown: {out}"
+    );
+
+    let small = w.accounts["Engineering"].clone();
+    let (code, out) = config_check(
+        &w,
+        "",
+        &format!("account_rule = \"default\"\ndefault_account_id = \"{small}\""),
+    )
+    .await;
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("data-skew"), "{out}");
+    assert!(!out.contains("api_usage_threshold"), "{out}");
+}
