@@ -272,7 +272,7 @@ async fn postgres_store_honours_the_contract() {
         matches!(e, syncback::store::StoreError::Data(_)),
         "expected a data error, got {e:?}"
     );
-    let sync_err: syncback::sync::engine::SyncError = e.into();
+    let sync_err: syncback::sync::SyncError = e.into();
     assert_eq!(sync_err.kind(), "bad_event");
     assert!(!sync_err.is_transient());
 }
