@@ -16,7 +16,7 @@ use crate::config::WorkerSettings;
 use crate::model::Envelope;
 use crate::queue::{Delivery, Failure, Queue};
 use crate::store::OutcomeClass;
-use crate::sync::{Engine, Outcome, SyncError};
+use crate::sync::{Engine, Item, Outcome, SyncError};
 use crate::telemetry;
 
 /// How one delivery was settled (returned for tests and metrics).
@@ -46,14 +46,18 @@ impl Worker {
     }
 
     /// Consume until `shutdown` turns true, then stop consuming, finish in-flight events
-    /// (up to `shutdown_grace_secs`) and return.
+    /// (up to `shutdown_grace_secs`) and return. Each of `worker.concurrency` tasks takes a
+    /// micro-batch (up to `worker.batch_max`, see [`crate::queue::Subscription::next_batch`])
+    /// and applies it through one [`Engine::apply`].
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
         let concurrency = self.settings.concurrency.max(1);
-        // Prefetch sized from concurrency: enough to keep every task busy, no hoarding.
-        let prefetch = (concurrency * 2).min(u16::MAX as usize) as u16;
+        let batch_max = self.settings.batch_max.max(1);
+        let linger = Duration::from_millis(self.settings.batch_linger_ms);
+        // Prefetch: every task busy, and room for two full batches in flight.
+        let prefetch = (concurrency * 2).max(batch_max * 2).min(u16::MAX as usize) as u16;
         let mut sub = self.queue.subscribe(prefetch).await?;
         let permits = Arc::new(Semaphore::new(concurrency));
-        info!(concurrency, prefetch, "worker consuming");
+        info!(concurrency, prefetch, batch_max, "worker consuming");
         loop {
             let permit = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
@@ -61,7 +65,7 @@ impl Worker {
             };
             let next = tokio::select! {
                 _ = shutdown.wait_for(|s| *s) => break,
-                n = sub.next() => n,
+                n = sub.next_batch(batch_max, linger) => n,
             };
             match next {
                 None => {
@@ -73,10 +77,10 @@ impl Worker {
                     drop(permit);
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
-                Some(Ok(delivery)) => {
+                Some(Ok(batch)) => {
                     let me = self.clone();
                     tokio::spawn(async move {
-                        me.process(delivery).await;
+                        me.process_batch(batch).await;
                         drop(permit);
                     });
                 }
@@ -98,102 +102,151 @@ impl Worker {
         Ok(())
     }
 
-    /// Apply one delivery and settle it. Never panics on bad input.
+    /// Apply one delivery and settle it (a batch of one).
     pub async fn process(&self, delivery: Box<dyn Delivery>) -> Option<Settled> {
-        let msg = delivery.message().clone();
-        let meta = delivery.meta().clone();
-        let event_type = msg.event_type().unwrap_or("unknown").to_string();
-        let span = info_span!("event", event_id = %msg.webhook_id, event_type = %event_type, learner_id = tracing::field::Empty, attempt = meta.attempts + 1);
-        async move {
-            let started = Instant::now();
+        self.process_batch(vec![delivery]).await.pop().flatten()
+    }
+
+    /// Apply a batch of deliveries together and settle each from its own outcome: ack,
+    /// delayed retry, or the dead-letter queue with its own reason (R13). Never panics on
+    /// bad input. Results in delivery order.
+    pub async fn process_batch(&self, deliveries: Vec<Box<dyn Delivery>>) -> Vec<Option<Settled>> {
+        let started = Instant::now();
+        let n = deliveries.len();
+        let mut settled: Vec<Option<Settled>> = (0..n).map(|_| None).collect();
+        let mut envs: Vec<(usize, Envelope)> = Vec::with_capacity(n);
+        let mut slots: Vec<Option<Box<dyn Delivery>>> = Vec::with_capacity(n);
+        for (i, delivery) in deliveries.into_iter().enumerate() {
+            let msg = delivery.message();
             let age = (Utc::now() - msg.received_at).num_milliseconds().max(0) as f64 / 1000.0;
             metrics::gauge!(telemetry::QUEUE_AGE_SECONDS).set(age);
-            let env: Envelope = match serde_json::from_value(msg.envelope.clone()) {
-                Ok(e) => e,
+            match serde_json::from_value::<Envelope>(msg.envelope.clone()) {
+                Ok(e) => {
+                    envs.push((i, e));
+                    slots.push(Some(delivery));
+                }
                 Err(e) => {
+                    let event_type = msg.event_type().unwrap_or("unknown").to_string();
                     let f = Failure {
                         kind: "bad_event".into(),
                         message: format!("envelope does not deserialize: {e}"),
                         learner_id: None,
                     };
+                    let span = self.span(delivery.as_ref(), None);
+                    settled[i] = self
+                        .settle_dead(delivery, f, &event_type)
+                        .instrument(span)
+                        .await;
+                    slots.push(None);
+                }
+            }
+        }
+        let results = self.apply_with_retries(&envs).await;
+        if envs.len() > 1 {
+            tracing::debug!(
+                events = envs.len(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "batch applied"
+            );
+        }
+        for ((i, env), result) in envs.into_iter().zip(results) {
+            let delivery = slots[i].take().expect("one delivery per envelope");
+            let span = self.span(delivery.as_ref(), env.learner_id());
+            settled[i] = self
+                .settle(delivery, &env, result, started)
+                .instrument(span)
+                .await;
+        }
+        settled
+    }
+
+    fn span(&self, d: &dyn Delivery, learner_id: Option<&str>) -> tracing::Span {
+        let msg = d.message();
+        info_span!("event", event_id = %msg.webhook_id, event_type = msg.event_type().unwrap_or("unknown"), learner_id = learner_id.unwrap_or(""), attempt = d.meta().attempts + 1)
+    }
+
+    /// Settle one delivery from its outcome.
+    async fn settle(
+        &self,
+        delivery: Box<dyn Delivery>,
+        env: &Envelope,
+        result: Result<Outcome, SyncError>,
+        started: Instant,
+    ) -> Option<Settled> {
+        let msg = delivery.message().clone();
+        let meta = delivery.meta().clone();
+        let event_type = env.event_type.as_str().to_string();
+        metrics::histogram!(telemetry::PROCESSING_SECONDS, "type" => event_type.clone())
+            .record(started.elapsed().as_secs_f64());
+        let lag = (Utc::now() - msg.received_at).num_milliseconds().max(0) as f64 / 1000.0;
+        metrics::histogram!(telemetry::EVENT_LAG_SECONDS, "type" => event_type.clone()).record(lag);
+        match result {
+            Ok(outcome) if outcome.class == OutcomeClass::Failed => {
+                warn!(code = %outcome.code, detail = %outcome.detail, "event failed permanently; to the dead-letter queue");
+                let f = Failure {
+                    kind: outcome.code.as_str().to_string(),
+                    message: outcome.detail.clone(),
+                    learner_id: Some(outcome.learner_id.clone()),
+                };
+                self.settle_dead(delivery, f, &event_type).await
+            }
+            Ok(outcome) => {
+                info!(outcome = outcome.class.as_str(), code = %outcome.code, detail = %outcome.detail, "event settled");
+                metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => outcome.class.as_str(), "code" => outcome.code.as_str()).increment(1);
+                match delivery.ack().await {
+                    Ok(()) => Some(Settled::Acked(outcome)),
+                    Err(e) => {
+                        // Committed but not acked: the redelivery is a duplicate and is skipped (R12).
+                        warn!(error = %e, "ack failed; the broker will redeliver (skipped as duplicate)");
+                        None
+                    }
+                }
+            }
+            Err(SyncError::BadEvent(m)) => {
+                let f = Failure {
+                    kind: "bad_event".into(),
+                    message: m,
+                    learner_id: env.learner_id().map(String::from),
+                };
+                self.settle_dead(delivery, f, &event_type).await
+            }
+            Err(e) => {
+                let attempts = meta.attempts + 1;
+                let f = Failure {
+                    kind: e.kind().to_string(),
+                    message: e.to_string(),
+                    learner_id: env.learner_id().map(String::from),
+                };
+                if attempts >= self.settings.max_attempts {
+                    warn!(attempts, error = %e, "attempts exhausted; to the dead-letter queue");
+                    let f = Failure {
+                        kind: "max_attempts".into(),
+                        message: format!("{attempts} attempts; last error: {e}"),
+                        ..f
+                    };
                     return self.settle_dead(delivery, f, &event_type).await;
                 }
-            };
-            if let Some(l) = env.learner_id() {
-                tracing::Span::current().record("learner_id", l);
-            }
-            let result = self.apply_with_retries(&env).await;
-            metrics::histogram!(telemetry::PROCESSING_SECONDS, "type" => event_type.clone())
-                .record(started.elapsed().as_secs_f64());
-            let lag = (Utc::now() - msg.received_at).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::histogram!(telemetry::EVENT_LAG_SECONDS, "type" => event_type.clone()).record(lag);
-            match result {
-                Ok(outcome) if outcome.class == OutcomeClass::Failed => {
-                    warn!(code = %outcome.code, detail = %outcome.detail, "event failed permanently; to the dead-letter queue");
-                    let f = Failure {
-                        kind: outcome.code.as_str().to_string(),
-                        message: outcome.detail.clone(),
-                        learner_id: Some(outcome.learner_id.clone()),
-                    };
-                    self.settle_dead(delivery, f, &event_type).await
-                }
-                Ok(outcome) => {
-                    info!(outcome = outcome.class.as_str(), code = %outcome.code, detail = %outcome.detail, "event settled");
-                    metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => outcome.class.as_str(), "code" => outcome.code.as_str()).increment(1);
-                    match delivery.ack().await {
-                        Ok(()) => Some(Settled::Acked(outcome)),
-                        Err(e) => {
-                            // Committed but not acked: the redelivery is a duplicate and is skipped (R12).
-                            warn!(error = %e, "ack failed; the broker will redeliver (skipped as duplicate)");
-                            None
-                        }
-                    }
-                }
-                Err(SyncError::BadEvent(m)) => {
-                    let f = Failure {
-                        kind: "bad_event".into(),
-                        message: m,
-                        learner_id: env.learner_id().map(String::from),
-                    };
-                    self.settle_dead(delivery, f, &event_type).await
-                }
-                Err(e) => {
-                    let attempts = meta.attempts + 1;
-                    let f = Failure {
-                        kind: e.kind().to_string(),
-                        message: e.to_string(),
-                        learner_id: env.learner_id().map(String::from),
-                    };
-                    if attempts >= self.settings.max_attempts {
-                        warn!(attempts, error = %e, "attempts exhausted; to the dead-letter queue");
-                        let f = Failure {
-                            kind: "max_attempts".into(),
-                            message: format!("{attempts} attempts; last error: {e}"),
-                            ..f
-                        };
-                        return self.settle_dead(delivery, f, &event_type).await;
-                    }
-                    let delay = self.retry_delay(meta.attempts);
-                    warn!(attempts, ?delay, error = %e, "transient failure; delayed retry");
-                    metrics::counter!(telemetry::RETRIES, "stage" => "delayed").increment(1);
-                    metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => "retried", "code" => e.kind()).increment(1);
-                    match delivery.retry_later(delay, &f).await {
-                        Ok(()) => Some(Settled::RetryLater(f)),
-                        Err(qe) => {
-                            error!(error = %qe, "could not requeue for retry; the broker will redeliver");
-                            None
-                        }
+                let delay = self.retry_delay(meta.attempts);
+                warn!(attempts, ?delay, error = %e, "transient failure; delayed retry");
+                metrics::counter!(telemetry::RETRIES, "stage" => "delayed").increment(1);
+                metrics::counter!(telemetry::EVENTS, "type" => event_type.clone(), "outcome" => "retried", "code" => e.kind()).increment(1);
+                match delivery.retry_later(delay, &f).await {
+                    Ok(()) => Some(Settled::RetryLater(f)),
+                    Err(qe) => {
+                        error!(error = %qe, "could not requeue for retry; the broker will redeliver");
+                        None
                     }
                 }
             }
         }
-        .instrument(span)
-        .await
     }
 
-    /// R13: transient failures retry in-process with exponential backoff and jitter, a
-    /// bounded number of times.
-    async fn apply_with_retries(&self, env: &Envelope) -> Result<Outcome, SyncError> {
+    /// R13: the items of a batch that failed transiently are applied again in-process, with
+    /// exponential backoff and jitter, a bounded number of times; the rest keep their results.
+    async fn apply_with_retries(
+        &self,
+        envs: &[(usize, Envelope)],
+    ) -> Vec<Result<Outcome, SyncError>> {
         let mut backoff = ExponentialBackoffBuilder::new()
             .with_initial_interval(Duration::from_millis(100))
             .with_multiplier(2.0)
@@ -201,17 +254,28 @@ impl Worker {
             .with_max_interval(Duration::from_secs(2))
             .with_max_elapsed_time(None)
             .build();
+        let items: Vec<Item> = envs.iter().map(|(_, e)| Item::Event(e.clone())).collect();
+        let mut results = self.engine.apply(items).await;
         let mut tries = 0;
         loop {
-            match self.engine.handle(env).await {
-                Err(e) if e.is_transient() && tries < self.settings.inprocess_retries => {
-                    tries += 1;
-                    metrics::counter!(telemetry::RETRIES, "stage" => "inprocess").increment(1);
-                    let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(2));
-                    tracing::debug!(tries, ?wait, error = %e, "retrying in-process");
-                    tokio::time::sleep(wait).await;
-                }
-                other => return other,
+            let again: Vec<usize> = (0..results.len())
+                .filter(|&k| matches!(&results[k], Err(e) if e.is_transient()))
+                .collect();
+            if again.is_empty() || tries >= self.settings.inprocess_retries {
+                return results;
+            }
+            tries += 1;
+            metrics::counter!(telemetry::RETRIES, "stage" => "inprocess")
+                .increment(again.len() as u64);
+            let wait = backoff.next_backoff().unwrap_or(Duration::from_secs(2));
+            tracing::debug!(tries, ?wait, items = again.len(), "retrying in-process");
+            tokio::time::sleep(wait).await;
+            let items: Vec<Item> = again
+                .iter()
+                .map(|&k| Item::Event(envs[k].1.clone()))
+                .collect();
+            for (k, r) in again.into_iter().zip(self.engine.apply(items).await) {
+                results[k] = r;
             }
         }
     }

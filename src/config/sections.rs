@@ -293,6 +293,11 @@ pub struct WorkerSettings {
     /// served; `run` uses `server.listen`). Separate from `server.listen` so several
     /// workers and a receiver can share a host.
     pub listen: String,
+    /// Events applied together when a backlog exists (docs/rules.md "Flow": micro-batches;
+    /// one Salesforce Collections call holds at most 200 records).
+    pub batch_max: usize,
+    /// How long a batch may wait to fill — only when more is already queued.
+    pub batch_linger_ms: u64,
 }
 
 impl Default for WorkerSettings {
@@ -304,6 +309,8 @@ impl Default for WorkerSettings {
             shutdown_grace_secs: 30,
             lease_ttl_secs: 60,
             listen: String::new(),
+            batch_max: 200,
+            batch_linger_ms: 20,
         }
     }
 }

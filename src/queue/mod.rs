@@ -157,6 +157,40 @@ pub trait Queue: Send + Sync + 'static {
 pub trait Subscription: Send {
     /// The next delivery; `None` once the subscription is closed. Reconnects transparently.
     async fn next(&mut self) -> Option<Result<Box<dyn Delivery>, QueueError>>;
+    /// Up to `max` deliveries (docs/rules.md "Flow": micro-batches). Waits for the first
+    /// one; then takes what has already arrived without waiting, and only when more than one
+    /// was waiting — a backlog — waits up to `linger` for the batch to fill. An idle queue
+    /// so delivers a single event at once: trickle latency does not grow. `None` once the
+    /// subscription is closed.
+    async fn next_batch(
+        &mut self,
+        max: usize,
+        linger: Duration,
+    ) -> Option<Result<Vec<Box<dyn Delivery>>, QueueError>> {
+        use futures::FutureExt;
+        let first = match self.next().await? {
+            Ok(d) => d,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut batch = vec![first];
+        // `next` is cancel-safe: a poll that finds nothing ready is dropped without loss.
+        while batch.len() < max {
+            match self.next().now_or_never() {
+                Some(Some(Ok(d))) => batch.push(d),
+                _ => break,
+            }
+        }
+        if batch.len() > 1 && !linger.is_zero() {
+            let deadline = tokio::time::Instant::now() + linger;
+            while batch.len() < max {
+                match tokio::time::timeout_at(deadline, self.next()).await {
+                    Ok(Some(Ok(d))) => batch.push(d),
+                    _ => break,
+                }
+            }
+        }
+        Some(Ok(batch))
+    }
     /// Stop receiving new deliveries (graceful shutdown); in-flight ones can still be settled.
     async fn cancel(&mut self) -> Result<(), QueueError>;
     /// Close the subscription's connection once every delivery is settled; unsettled

@@ -114,7 +114,11 @@ pub trait Store: ConsoleStore + Send + Sync + 'static {
         entity_id: &str,
     ) -> Result<Option<EntityVersion>, StoreError>;
     /// Apply a [`Commit`] in one transaction.
-    async fn commit(&self, commit: &Commit) -> Result<(), StoreError>;
+    async fn commit(&self, commit: &Commit) -> Result<(), StoreError> {
+        self.commit_many(std::slice::from_ref(commit)).await
+    }
+    /// Apply several [`Commit`]s (a batch's outcomes) in one transaction.
+    async fn commit_many(&self, commits: &[Commit]) -> Result<(), StoreError>;
     /// Newest first.
     async fn history(&self, learner_id: &str, limit: u32) -> Result<Vec<EventRecord>, StoreError>;
     /// Forget processed ids recorded before `before`; returns how many.

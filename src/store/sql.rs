@@ -348,6 +348,11 @@ impl Store for SqlStore {
         let now = micros(Utc::now());
         let expires = now + ttl.as_micros() as i64;
         let mut held = Vec::with_capacity(keys.len());
+        // Rows are locked in key order: two workers asking for overlapping sets can never
+        // deadlock (PostgreSQL would abort one after `deadlock_timeout`).
+        let mut keys: Vec<&String> = keys.iter().collect();
+        keys.sort();
+        keys.dedup();
         // One statement per chunk (bind-parameter limits); a batch has ≤ a few hundred keys.
         for chunk in keys.chunks(300) {
             let values = (0..chunk.len())
@@ -479,58 +484,60 @@ impl Store for SqlStore {
         .transpose()
     }
 
-    async fn commit(&self, c: &Commit) -> Result<(), StoreError> {
+    async fn commit_many(&self, commits: &[Commit]) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await.map_err(map_err)?;
-        // Writes only: on SQLite the first statement takes the write lock, so a deferred
-        // transaction never has to upgrade a read lock (which would fail instead of wait).
-        let r = &c.record;
-        sqlx::query(
-            "INSERT INTO event_outcomes (event_id, event_type, learner_id, occurred_at, class, code, detail, recorded_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        )
-        .bind(&r.event_id)
-        .bind(&r.event_type)
-        .bind(&r.learner_id)
-        .bind(micros(r.occurred_at))
-        .bind(r.class.as_str())
-        .bind(&r.code)
-        .bind(&r.detail)
-        .bind(micros(r.recorded_at))
-        .execute(&mut *tx)
-        .await
-        .map_err(map_err)?;
-        if c.mark_processed {
+        for c in commits {
+            // Writes only: on SQLite the first statement takes the write lock, so a deferred
+            // transaction never has to upgrade a read lock (which would fail instead of wait).
+            let r = &c.record;
             sqlx::query(
-                "INSERT INTO processed_events (event_id, processed_at) VALUES ($1, $2)
-                 ON CONFLICT (event_id) DO NOTHING",
+                "INSERT INTO event_outcomes (event_id, event_type, learner_id, occurred_at, class, code, detail, recorded_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(&r.event_id)
+            .bind(&r.event_type)
+            .bind(&r.learner_id)
+            .bind(micros(r.occurred_at))
+            .bind(r.class.as_str())
+            .bind(&r.code)
+            .bind(&r.detail)
             .bind(micros(r.recorded_at))
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        }
-        if let Some((kind, id, v)) = &c.entity {
-            // R12: only ever move an entity's version forward, by (occurred_at, event_id).
-            sqlx::query(
-                "INSERT INTO entity_versions (kind, entity_id, occurred_at, event_id) VALUES ($1, $2, $3, $4)
-                 ON CONFLICT (kind, entity_id) DO UPDATE SET occurred_at = excluded.occurred_at, event_id = excluded.event_id
-                 WHERE entity_versions.occurred_at < excluded.occurred_at
-                    OR (entity_versions.occurred_at = excluded.occurred_at AND entity_versions.event_id < excluded.event_id)",
-            )
-            .bind(kind.as_str())
-            .bind(id)
-            .bind(micros(v.occurred_at))
-            .bind(&v.event_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        }
-        if let Some(state) = &c.learner {
-            bind_learner(sqlx::query(UPSERT_LEARNER), state)
+            if c.mark_processed {
+                sqlx::query(
+                    "INSERT INTO processed_events (event_id, processed_at) VALUES ($1, $2)
+                     ON CONFLICT (event_id) DO NOTHING",
+                )
+                .bind(&r.event_id)
+                .bind(micros(r.recorded_at))
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
+            }
+            if let Some((kind, id, v)) = &c.entity {
+                // R12: only ever move an entity's version forward, by (occurred_at, event_id).
+                sqlx::query(
+                    "INSERT INTO entity_versions (kind, entity_id, occurred_at, event_id) VALUES ($1, $2, $3, $4)
+                     ON CONFLICT (kind, entity_id) DO UPDATE SET occurred_at = excluded.occurred_at, event_id = excluded.event_id
+                     WHERE entity_versions.occurred_at < excluded.occurred_at
+                        OR (entity_versions.occurred_at = excluded.occurred_at AND entity_versions.event_id < excluded.event_id)",
+                )
+                .bind(kind.as_str())
+                .bind(id)
+                .bind(micros(v.occurred_at))
+                .bind(&v.event_id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+            }
+            if let Some(state) = &c.learner {
+                bind_learner(sqlx::query(UPSERT_LEARNER), state)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+            }
         }
         tx.commit().await.map_err(map_err)
     }

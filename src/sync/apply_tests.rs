@@ -341,7 +341,8 @@ async fn snapshot_keep_fields_and_children() {
 }
 
 /// A batch: results in input order; a learner leased by another worker gets a transient
-/// result for its items only; events of one learner are applied in (occurred_at, id) order.
+/// result for its items only; of one entity's events in the batch only the latest (by
+/// occurred_at, id) is written, the older ones are recorded `stale` (R12).
 #[tokio::test]
 async fn a_batch_settles_each_item_and_skips_busy_learners() {
     let mut t = setup(|_, _| {}).await;
@@ -390,11 +391,17 @@ async fn a_batch_settles_each_item_and_skips_busy_learners() {
     ];
     let r = t.engine.apply(items).await;
     assert_eq!(r.len(), 4);
-    assert_eq!(r[0].as_ref().unwrap().code, Code::Updated, "{:?}", r[0]);
+    assert_eq!(r[0].as_ref().unwrap().code, Code::Created, "{:?}", r[0]);
+    let older = r[2].as_ref().unwrap();
     assert_eq!(
-        r[2].as_ref().unwrap().code,
-        Code::Created,
-        "applied first: older"
+        (older.code, older.class),
+        (Code::Stale, OutcomeClass::Skipped),
+        "superseded by u2 in the same batch: not written"
+    );
+    assert!(
+        older.detail.contains("superseded by u2"),
+        "{}",
+        older.detail
     );
     assert_eq!(r[1].as_ref().unwrap_err().kind(), "learner_busy");
     assert_eq!(r[3].as_ref().unwrap().code, Code::Created);

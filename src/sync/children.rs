@@ -1,150 +1,182 @@
 //! Enrollments and certifications (docs/rules.md R10, R11).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
-use chrono::Utc;
 use serde_json::{json, Value};
 
-use crate::config::SyncSettings;
-use crate::model::{EntityKind, Envelope, EventType};
 use crate::salesforce::{soql, Record, SfError};
-use crate::store::{Commit, EventRecord};
 
-use super::engine::{Applied, Engine};
+use super::engine::Engine;
+use super::execute::{ChildResult, Work};
 use super::item::Children;
-use super::outcome::{Code, Permanent, StepResult};
+use super::outcome::{Code, Permanent, StepError, StepResult};
+use super::plan::ChildOp;
 use super::rules;
-use super::state::{EntityVersion, LearnerState, LinkState};
+use super::write::{self, RecordResult};
 
 impl Engine {
-    /// R11: upsert (or delete) a child record of a linked learner, syncing the learner from
-    /// its SkillSync snapshot first when it was never synced.
-    pub(super) async fn child_event(
-        &self,
-        s: &SyncSettings,
-        env: &Envelope,
-        learner_id: &str,
-        state: Option<LearnerState>,
-    ) -> StepResult<Applied> {
-        let mut prefix = String::new();
-        let mut state = state;
-        if state.is_none() {
-            let Some(snapshot) = self.ss.learner(learner_id).await? else {
-                return Ok(Applied::skipped(
-                    Code::LearnerUnknown,
-                    format!("learner {learner_id} does not exist in SkillSync"),
-                    None,
-                ));
-            };
-            let active = snapshot.status == crate::model::LearnerStatus::Active;
-            let applied = self.learner_sync(s, &snapshot, active, None, None).await?;
-            prefix = format!(
-                "learner first synced from its snapshot ({}: {}); ",
-                applied.code, applied.detail
-            );
-            if let Some(st) = &applied.learner {
-                // Record the snapshot's version so older learner events stay stale (R12).
-                self.store
-                    .commit(&Commit {
-                        record: EventRecord {
-                            event_id: format!("snapshot:{}:{}", learner_id, env.id),
-                            event_type: "learner.snapshot".into(),
-                            learner_id: learner_id.into(),
-                            occurred_at: snapshot.updated_at,
-                            class: applied.class,
-                            code: applied.code.as_str().into(),
-                            detail: applied.detail.clone(),
-                            recorded_at: Utc::now(),
-                        },
-                        mark_processed: false,
-                        entity: Some((
-                            EntityKind::Learner,
-                            learner_id.to_string(),
-                            EntityVersion {
-                                occurred_at: snapshot.updated_at,
-                                event_id: "~snapshot".into(),
-                            },
+    /// R11: the round's enrollment and certification writes — upserts through Collections
+    /// upsert by external id (one call per object, records sorted by their Contact), deletes
+    /// by external id (one call for one record; otherwise one query for the Ids and one
+    /// Collections delete). Each record's result settles its own item.
+    pub(super) async fn write_children(&self, work: &[Work]) -> HashMap<usize, ChildResult> {
+        let mut out = HashMap::new();
+        type Upserts<'a> = BTreeMap<(&'a str, &'a str), Vec<(usize, &'a str, Record)>>;
+        let mut upserts: Upserts = BTreeMap::new();
+        let mut deletes: BTreeMap<(&str, &str), Vec<(usize, &str)>> = BTreeMap::new();
+        for (i, w) in work.iter().enumerate() {
+            match w {
+                Work::Child(ChildOp::Upsert {
+                    object,
+                    ext_field,
+                    ext_id,
+                    record,
+                }) => {
+                    let mut r = record.clone();
+                    r.insert("attributes".into(), json!({ "type": object }));
+                    r.insert((*ext_field).into(), json!(ext_id));
+                    upserts
+                        .entry((object, ext_field))
+                        .or_default()
+                        .push((i, ext_id.as_str(), r));
+                }
+                Work::Child(ChildOp::Delete {
+                    object,
+                    ext_field,
+                    ext_id,
+                }) => deletes
+                    .entry((object, ext_field))
+                    .or_default()
+                    .push((i, ext_id.as_str())),
+                _ => {}
+            }
+        }
+        for ((object, field), items) in upserts {
+            let recs: Vec<Record> = items.iter().map(|(_, _, r)| r.clone()).collect();
+            let res = write::write_all(recs, "Contact__c", |b| async move {
+                self.sf.upsert_many(object, field, &b, false).await
+            })
+            .await;
+            for ((i, ext_id, r), res) in items.iter().zip(res) {
+                let contact = r.get("Contact__c").and_then(Value::as_str).unwrap_or("");
+                out.insert(
+                    *i,
+                    match res {
+                        RecordResult::Saved(sr) => Ok((
+                            Code::Upserted,
+                            format!(
+                                "{object} {ext_id} {} as {} on Contact {contact} (R11)",
+                                if sr.created == Some(false) {
+                                    "updated"
+                                } else {
+                                    "created"
+                                },
+                                sr.id.unwrap_or_default()
+                            ),
                         )),
-                        learner: Some(LearnerState {
-                            last_outcome: Some(format!(
-                                "{}: {}",
-                                applied.class.as_str(),
-                                applied.code
-                            )),
-                            ..st.clone()
-                        }),
-                    })
-                    .await?;
+                        RecordResult::NotFound => Err(StepError::Permanent(Permanent::new(
+                            Code::NotFound,
+                            format!("Contact {contact} of {object} {ext_id} does not exist"),
+                        ))),
+                        RecordResult::Failed(e) => Err(e.into_step()),
+                    },
+                );
             }
-            state = applied.learner;
         }
-        let contact = match state.as_ref() {
-            Some(st) if st.link == LinkState::Linked && st.contact_id.is_some() => {
-                st.contact_id.clone().unwrap()
+        for ((object, field), items) in deletes {
+            for (i, r) in self.delete_children(object, field, &items).await {
+                out.insert(i, r);
             }
-            Some(st) => {
-                return Ok(Applied::skipped(
-                    Code::LearnerNotLinked,
-                    format!(
-                        "{prefix}learner is {} (R11: only linked learners' records sync)",
-                        st.link.as_str()
-                    ),
-                    None,
-                ))
-            }
-            None => {
-                return Ok(Applied::skipped(
-                    Code::LearnerNotLinked,
-                    format!("{prefix}learner is not synced"),
-                    None,
-                ))
-            }
+        }
+        out
+    }
+
+    async fn delete_children(
+        &self,
+        object: &str,
+        field: &str,
+        items: &[(usize, &str)],
+    ) -> Vec<(usize, ChildResult)> {
+        let deleted = |ext: &str, was: bool| {
+            Ok((
+                Code::Deleted,
+                if was {
+                    format!("{object} {ext} deleted (R11)")
+                } else {
+                    format!("{object} {ext} was already absent (R11)")
+                },
+            ))
         };
-        let (object, ext_field, ext_id, fields) =
-            match (&env.data.enrollment, &env.data.certification) {
-                (Some(e), _) if env.event_type.entity() == EntityKind::Enrollment => (
-                    rules::ENROLLMENT_OBJECT,
-                    rules::ENROLLMENT_EXT_ID,
-                    e.id.clone(),
-                    rules::enrollment_fields(e, &contact),
-                ),
-                (_, Some(c)) => (
-                    rules::CERTIFICATION_OBJECT,
-                    rules::CERTIFICATION_EXT_ID,
-                    c.id.clone(),
-                    rules::certification_fields(c, &contact),
-                ),
-                _ => return Err(Permanent::new(Code::BadEvent, "event without its record").into()),
-            };
-        if env.event_type == EventType::EnrollmentDeleted {
-            return match self
-                .sf
-                .delete_by_external_id(object, ext_field, &ext_id)
-                .await
-            {
-                Ok(()) => Ok(Applied::done(
-                    Code::Deleted,
-                    format!("{prefix}{object} {ext_id} deleted (R11)"),
-                    None,
-                )),
-                Err(SfError::NotFound) => Ok(Applied::done(
-                    Code::Deleted,
-                    format!("{prefix}{object} {ext_id} was already absent (R11)"),
-                    None,
-                )),
-                Err(e) => Err(e.into()),
-            };
+        if let [(i, ext)] = items {
+            return vec![(
+                *i,
+                match self.sf.delete_by_external_id(object, field, ext).await {
+                    Ok(()) => deleted(ext, true),
+                    Err(SfError::NotFound) => deleted(ext, false),
+                    Err(e) => Err(e.into()),
+                },
+            )];
         }
-        let res = self.sf.upsert(object, ext_field, &ext_id, &fields).await?;
-        Ok(Applied::done(
-            Code::Upserted,
-            format!(
-                "{prefix}{object} {ext_id} {} as {} on Contact {contact} (R11)",
-                if res.created { "created" } else { "updated" },
-                res.id
-            ),
-            None,
-        ))
+        let exts: Vec<String> = items.iter().map(|(_, e)| e.to_string()).collect();
+        let mut ids: HashMap<String, String> = HashMap::new();
+        for chunk in super::contacts::chunks(&exts, 12_000) {
+            let q = format!(
+                "SELECT Id, {field} FROM {object} WHERE {}",
+                soql::in_list(field, chunk)
+            );
+            match self.sf.query(&q).await {
+                Ok(rows) => {
+                    for r in rows {
+                        if let (Some(id), Some(ext)) = (
+                            r.get("Id").and_then(Value::as_str),
+                            r.get(field).and_then(Value::as_str),
+                        ) {
+                            ids.insert(ext.to_string(), id.to_string());
+                        }
+                    }
+                }
+                Err(e) => {
+                    let e = StepError::from(e);
+                    return items.iter().map(|(i, _)| (*i, Err(e.clone()))).collect();
+                }
+            }
+        }
+        let present: Vec<(usize, &str, String)> = items
+            .iter()
+            .filter_map(|(i, ext)| ids.get(*ext).map(|id| (*i, *ext, id.clone())))
+            .collect();
+        let mut out: Vec<(usize, ChildResult)> = items
+            .iter()
+            .filter(|(_, ext)| !ids.contains_key(*ext))
+            .map(|(i, ext)| (*i, deleted(ext, false)))
+            .collect();
+        if present.is_empty() {
+            return out;
+        }
+        let id_list: Vec<String> = present.iter().map(|(_, _, id)| id.clone()).collect();
+        match self.sf.delete_many(&id_list, false).await {
+            Ok(results) => {
+                for ((i, ext, _), r) in present.iter().zip(results) {
+                    let gone = r.success
+                        || r.errors.iter().any(|e| {
+                            e.error_code == "ENTITY_IS_DELETED" || e.error_code == "NOT_FOUND"
+                        });
+                    out.push((
+                        *i,
+                        if gone {
+                            deleted(ext, r.success)
+                        } else {
+                            Err(super::write::rejected(&r.errors).into())
+                        },
+                    ));
+                }
+            }
+            Err(e) => {
+                let e = StepError::from(e);
+                out.extend(present.iter().map(|(i, _, _)| (*i, Err(e.clone()))));
+            }
+        }
+        out
     }
 
     /// R10 / snapshots: make the Contact's `SkillSync_Enrollment__c` and

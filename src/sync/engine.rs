@@ -10,20 +10,19 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use chrono::Utc;
-use tracing::{debug, warn};
+use tracing::warn;
 
 use crate::config::SyncSettings;
-use crate::model::{EntityKind, Envelope};
+use crate::model::Envelope;
 use crate::salesforce::SalesforceApi;
 use crate::skillsync::{SkillSyncApi, SsError};
-use crate::store::{Commit, EventRecord, Store};
+use crate::store::Store;
 
-use super::item::{Item, SnapshotItem};
-use super::outcome::{Code, Outcome, OutcomeClass, Permanent, StepError, SyncError};
-use super::rules;
+use super::execute::Slot;
+use super::item::Item;
+use super::outcome::{Outcome, SyncError};
+use super::plan::{self, Early};
 use super::settings::SettingsHandle;
-use super::state::{EntityVersion, LearnerState};
 
 /// R3 port: is a department in the scope of the mapping `settings`?
 #[async_trait]
@@ -48,33 +47,6 @@ impl ScopePort for crate::skillsync::scope::ScopeResolver {
             department_id,
         )
         .await
-    }
-}
-
-/// What a successful step did.
-pub(super) struct Applied {
-    pub class: OutcomeClass,
-    pub code: Code,
-    pub detail: String,
-    pub learner: Option<LearnerState>,
-}
-
-impl Applied {
-    pub fn done(code: Code, detail: impl Into<String>, learner: Option<LearnerState>) -> Self {
-        Self {
-            class: OutcomeClass::Applied,
-            code,
-            detail: detail.into(),
-            learner,
-        }
-    }
-    pub fn skipped(code: Code, detail: impl Into<String>, learner: Option<LearnerState>) -> Self {
-        Self {
-            class: OutcomeClass::Skipped,
-            code,
-            detail: detail.into(),
-            learner,
-        }
     }
 }
 
@@ -118,7 +90,7 @@ pub struct Engine {
 }
 
 /// One learner's share of a batch: its items' positions, in the order they are applied.
-struct LearnerWork {
+struct LearnerItems {
     learner_id: String,
     items: Vec<usize>,
 }
@@ -185,7 +157,7 @@ impl Engine {
         let settings = self.settings.current();
         let mut results: Vec<Option<Result<Outcome, SyncError>>> = vec![None; items.len()];
         // Group by learner, in order of first appearance.
-        let mut work: Vec<LearnerWork> = Vec::new();
+        let mut work: Vec<LearnerItems> = Vec::new();
         let mut index: HashMap<String, usize> = HashMap::new();
         for (i, item) in items.iter().enumerate() {
             let Some(lid) = item.learner_id() else {
@@ -199,7 +171,7 @@ impl Engine {
                 continue;
             };
             let w = *index.entry(lid.to_string()).or_insert_with(|| {
-                work.push(LearnerWork {
+                work.push(LearnerItems {
                     learner_id: lid.to_string(),
                     items: Vec::new(),
                 });
@@ -214,7 +186,7 @@ impl Engine {
         }
 
         let holder = uuid::Uuid::new_v4().to_string();
-        let mut pending: Vec<&LearnerWork> = work.iter().collect();
+        let mut pending: Vec<&LearnerItems> = work.iter().collect();
         let started = Instant::now();
         let mut wait = Duration::from_millis(5);
         loop {
@@ -232,16 +204,14 @@ impl Engine {
                         break;
                     }
                 };
-            let (mine, busy): (Vec<&LearnerWork>, Vec<&LearnerWork>) = pending
+            let (mine, busy): (Vec<&LearnerItems>, Vec<&LearnerItems>) = pending
                 .into_iter()
                 .partition(|w| granted.contains(&lease_key(&w.learner_id)));
             if !mine.is_empty() {
                 let keys: Vec<String> = mine.iter().map(|w| lease_key(&w.learner_id)).collect();
                 let renew = self.spawn_renewal(keys.clone(), holder.clone());
-                for w in &mine {
-                    for (i, r) in self.apply_learner(&settings, &items, w).await {
-                        results[i] = Some(r);
-                    }
+                for (i, r) in self.apply_learners(&settings, &items, &mine).await {
+                    results[i] = Some(r);
                 }
                 renew.abort();
                 if let Err(e) = self.store.release_leases(&keys, &holder).await {
@@ -293,205 +263,65 @@ impl Engine {
         })
     }
 
-    /// Apply one learner's items in order, under its lease.
-    async fn apply_learner(
+    /// Apply the leased learners' items in rounds: round k takes each learner's k-th item,
+    /// so a round's items are independent and are planned and written together. Superseded
+    /// events (a later event of the same entity in the batch) and repeated deliveries are
+    /// settled without a write (R12). After a transient failure, a learner's later items
+    /// wait too (their order matters).
+    async fn apply_learners(
         &self,
         settings: &SyncSettings,
         items: &[Item],
-        w: &LearnerWork,
+        learners: &[&LearnerItems],
     ) -> Vec<(usize, Result<Outcome, SyncError>)> {
         let mut out = Vec::new();
-        let mut failed: Option<SyncError> = None;
-        for &i in &w.items {
-            // After a transient failure the learner's later items wait too (their order matters).
-            if let Some(e) = &failed {
-                out.push((i, Err(e.clone())));
-                continue;
-            }
-            let r = match &items[i] {
-                Item::Event(env) => self.event(settings, env, &w.learner_id).await,
-                Item::Snapshot(s) => self.snapshot(settings, s).await,
-            };
-            if let Err(e) = &r {
-                if e.is_transient() {
-                    failed = Some(e.clone());
+        let mut queues: Vec<std::collections::VecDeque<(usize, Option<Early>)>> = learners
+            .iter()
+            .map(|w| {
+                let events: Vec<Option<&Envelope>> = w
+                    .items
+                    .iter()
+                    .map(|&i| match &items[i] {
+                        Item::Event(e) => Some(e),
+                        Item::Snapshot(_) => None,
+                    })
+                    .collect();
+                w.items
+                    .iter()
+                    .copied()
+                    .zip(plan::superseded(&events))
+                    .collect()
+            })
+            .collect();
+        loop {
+            let mut slots = Vec::new();
+            let mut owner = Vec::new();
+            for (q, queue) in queues.iter_mut().enumerate() {
+                if let Some((idx, early)) = queue.pop_front() {
+                    slots.push(Slot {
+                        idx,
+                        item: &items[idx],
+                        early,
+                    });
+                    owner.push(q);
                 }
             }
-            out.push((i, r));
+            if slots.is_empty() {
+                break;
+            }
+            let results = self.round(settings, &slots).await;
+            for (k, (idx, r)) in results.into_iter().enumerate() {
+                if let Err(e) = &r {
+                    if e.is_transient() {
+                        for (rest, _) in queues[owner[k]].drain(..) {
+                            out.push((rest, Err(e.clone())));
+                        }
+                    }
+                }
+                out.push((idx, r));
+            }
         }
         out
-    }
-
-    async fn event(
-        &self,
-        s: &SyncSettings,
-        env: &Envelope,
-        learner_id: &str,
-    ) -> Result<Outcome, SyncError> {
-        let (kind, entity_id) = env
-            .entity()
-            .ok_or_else(|| SyncError::BadEvent("event without an entity".into()))?;
-        let version = EntityVersion {
-            occurred_at: env.occurred_at,
-            event_id: env.id.clone(),
-        };
-        let record = |a: &Applied| EventRecord {
-            event_id: env.id.clone(),
-            event_type: env.event_type.as_str().to_string(),
-            learner_id: learner_id.to_string(),
-            occurred_at: env.occurred_at,
-            class: a.class,
-            code: a.code.as_str().to_string(),
-            detail: a.detail.clone(),
-            recorded_at: Utc::now(),
-        };
-        // R12: an event id already applied is skipped.
-        if self.store.is_processed(&env.id).await? {
-            let a = Applied::skipped(Code::Duplicate, "event id already applied", None);
-            return self.commit(record(&a), a, None, true).await;
-        }
-        // R1: toggle off → recorded as skipped, nothing written.
-        if !s.enabled {
-            let a = Applied::skipped(Code::SyncDisabled, "Inbound Learner Sync is off (R1)", None);
-            return self.commit(record(&a), a, None, true).await;
-        }
-        // R12: older than the last applied event of the same entity → stale.
-        let last = self.store.entity_version(kind, entity_id).await?;
-        if rules::is_stale(last.as_ref(), env.occurred_at, &env.id) {
-            let last = last.expect("stale implies a version");
-            let a = Applied::skipped(
-                Code::Stale,
-                format!("older than {} at {}", last.event_id, last.occurred_at),
-                None,
-            );
-            return self.commit(record(&a), a, None, true).await;
-        }
-        let state = self.store.learner(learner_id).await?;
-        let step = match kind {
-            EntityKind::Learner => {
-                let learner = env
-                    .data
-                    .learner
-                    .as_ref()
-                    .expect("schema requires data.learner");
-                let active = rules::is_active(env.event_type, learner);
-                self.learner_sync(s, learner, active, state.clone(), None)
-                    .await
-            }
-            EntityKind::Enrollment | EntityKind::Certification => {
-                self.child_event(s, env, learner_id, state.clone()).await
-            }
-        };
-        let entity = Some((kind, entity_id.to_string(), version));
-        match step {
-            Ok(a) => self.commit(record(&a), a, entity, true).await,
-            Err(StepError::Transient(e)) => Err(e),
-            Err(StepError::Permanent(p)) => {
-                let a = failed(p, state, learner_id);
-                self.commit(record(&a), a, None, false).await
-            }
-        }
-    }
-
-    /// A learner snapshot (backfill, reconcile, console): see [`SnapshotItem`].
-    async fn snapshot(&self, s: &SyncSettings, item: &SnapshotItem) -> Result<Outcome, SyncError> {
-        let learner = &item.learner;
-        let record = |a: &Applied| EventRecord {
-            event_id: format!(
-                "{}:{}:{}",
-                item.origin.as_str(),
-                learner.id,
-                uuid::Uuid::now_v7()
-            ),
-            event_type: item.origin.event_type(),
-            learner_id: learner.id.clone(),
-            occurred_at: learner.updated_at,
-            class: a.class,
-            code: a.code.as_str().to_string(),
-            detail: format!("[{}] {}", item.origin.describe(), a.detail),
-            recorded_at: Utc::now(),
-        };
-        if !s.enabled {
-            let a = Applied::skipped(Code::SyncDisabled, "Inbound Learner Sync is off (R1)", None);
-            return self.commit(record(&a), a, None, false).await;
-        }
-        let state = self.store.learner(&learner.id).await?;
-        let active = learner.status == crate::model::LearnerStatus::Active;
-        match self
-            .learner_sync(s, learner, active, state.clone(), Some(item))
-            .await
-        {
-            Ok(a) => {
-                // Older learner events stay stale after the snapshot (R12).
-                let entity = Some((
-                    EntityKind::Learner,
-                    learner.id.clone(),
-                    EntityVersion {
-                        occurred_at: learner.updated_at,
-                        event_id: "~snapshot".into(),
-                    },
-                ));
-                self.commit(record(&a), a, entity, false).await
-            }
-            Err(StepError::Transient(e)) => Err(e),
-            Err(StepError::Permanent(p)) => {
-                let a = failed(p, state, &learner.id);
-                self.commit(record(&a), a, None, false).await
-            }
-        }
-    }
-
-    pub(super) async fn commit(
-        &self,
-        record: EventRecord,
-        a: Applied,
-        entity: Option<(EntityKind, String, EntityVersion)>,
-        mark_processed: bool,
-    ) -> Result<Outcome, SyncError> {
-        let now = Utc::now();
-        let learner = a.learner.map(|mut s| {
-            s.updated_at = now;
-            if a.class != OutcomeClass::Failed {
-                s.last_outcome = Some(format!("{}: {}", a.class.as_str(), a.code));
-                s.last_error = None;
-            }
-            s
-        });
-        let learner_id = record.learner_id.clone();
-        let commit = Commit {
-            mark_processed: mark_processed && a.class != OutcomeClass::Failed,
-            entity: if a.class == OutcomeClass::Failed {
-                None
-            } else {
-                entity
-            },
-            learner,
-            record,
-        };
-        self.store.commit(&commit).await?;
-        debug!(event_id = %commit.record.event_id, learner_id, outcome = a.class.as_str(), code = %a.code, "item settled");
-        Ok(Outcome {
-            class: a.class,
-            code: a.code,
-            detail: a.detail,
-            learner_id,
-        })
-    }
-}
-
-/// A permanent failure: recorded as failed (not marked processed, so a DLQ replay applies it).
-fn failed(p: Permanent, state: Option<LearnerState>, learner_id: &str) -> Applied {
-    let learner = Some(LearnerState {
-        last_outcome: Some(format!("failed: {}", p.code)),
-        last_error: Some(p.detail.clone()),
-        updated_at: Utc::now(),
-        ..state.unwrap_or_else(|| LearnerState::blank(learner_id))
-    });
-    Applied {
-        class: OutcomeClass::Failed,
-        code: p.code,
-        detail: p.detail,
-        learner,
     }
 }
 

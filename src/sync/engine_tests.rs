@@ -15,6 +15,7 @@ use crate::sandbox::salesforce::Org;
 use crate::sandbox::skillsync::Lms;
 use crate::skillsync::scope::ScopeResolver;
 use crate::store::LinkState;
+use crate::sync::{Code, OutcomeClass};
 
 struct T {
     org: Org,

@@ -36,14 +36,17 @@ impl LearnerAttr {
 
 pub mod backfill;
 mod children;
+mod contacts;
 pub mod engine;
+mod execute;
 pub mod item;
-mod learner;
 pub mod outcome;
+pub mod plan;
 pub mod reconcile;
 pub mod rules;
 pub mod settings;
 pub mod state;
+mod write;
 
 pub use engine::{Engine, ScopePort};
 pub use item::{Children, Item, Origin, SnapshotItem};
