@@ -180,8 +180,10 @@ account_rule = "department"
 }
 
 /// `worker.batch_max` (`None`: the default).
-fn set_batch_max(_settings: &mut Settings, _batch_max: Option<usize>) {
-    // The per-event worker has no batches yet: both runs take the per-event path.
+fn set_batch_max(settings: &mut Settings, batch_max: Option<usize>) {
+    if let Some(n) = batch_max {
+        settings.worker.batch_max = n;
+    }
 }
 
 async fn open_store(s: &Settings) -> Arc<dyn Store> {

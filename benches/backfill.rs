@@ -173,13 +173,19 @@ fn main() {
         let (r, _) = rig(n).await;
         let counter = r.sf.clone();
         let calls = move || counter.total_calls();
-        let s = settings();
+        let engine = Engine::new(
+            syncback::sync::SettingsHandle::fixed(settings()),
+            Arc::new(r.sf.clone()),
+            r.ss.clone(),
+            r.scope.clone(),
+            r.store.clone(),
+            Duration::from_secs(300),
+            Duration::from_secs(60),
+        );
         let summary = Backfill {
-            settings: &s,
-            sf: &r.sf,
+            engine: &engine,
             ss: r.ss.as_ref(),
             scope: &r.scope,
-            store: r.store.as_ref(),
             dry_run: false,
             restart: true,
             progress: false,
@@ -190,7 +196,7 @@ fn main() {
         .await
         .unwrap();
         report(
-            "backfill: IN queries + Collections",
+            "backfill: the one apply path, batches of 200",
             n,
             summary.salesforce_calls,
             summary.elapsed_ms as f64 / 1000.0,

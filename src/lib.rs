@@ -7,6 +7,7 @@
 //! [`sandbox`] holds faithful Salesforce and SkillSync emulators for tests and `demo`.
 
 pub mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod http;

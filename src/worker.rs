@@ -340,53 +340,21 @@ pub fn spawn_retention(
     })
 }
 
-/// The R2 check: the source department exists in SkillSync (`GET /api/v1/departments/{id}` → 200).
+/// The R2 check (see [`crate::app::validate_source`]).
 pub async fn validate_source(
     settings: &crate::config::Settings,
 ) -> Result<crate::model::Department, crate::skillsync::scope::SourceCheckError> {
-    let ss = crate::skillsync::Client::new(&settings.skillsync)
-        .map_err(|e| crate::skillsync::scope::SourceCheckError::Other(e.to_string()))?;
-    let scope = crate::skillsync::scope::ScopeResolver::new(
-        Arc::new(ss),
-        &settings.sync.source_department_id,
-        settings.sync.scope,
-        Duration::from_secs(settings.skillsync.department_cache_ttl_secs),
-    );
-    scope.validate_source().await
+    crate::app::validate_source(settings).await
 }
 
-/// Build the engine from configuration: Salesforce and SkillSync clients, the scope
-/// resolver, the store. With sync enabled, refuses an unknown or unvalidated source
-/// department (R2).
+/// The engine for live events, built by the composition root ([`crate::app::build`]).
 pub async fn engine_from_settings(
     settings: &crate::config::Settings,
     store: Arc<dyn crate::store::Store>,
 ) -> anyhow::Result<Arc<Engine>> {
-    use anyhow::Context;
-    let sf = crate::salesforce::Client::new(&settings.salesforce).context("Salesforce client")?;
-    let ss =
-        Arc::new(crate::skillsync::Client::new(&settings.skillsync).context("SkillSync client")?);
-    let scope = Arc::new(crate::skillsync::scope::ScopeResolver::new(
-        ss.clone(),
-        &settings.sync.source_department_id,
-        settings.sync.scope,
-        Duration::from_secs(settings.skillsync.department_cache_ttl_secs),
-    ));
-    if settings.sync.enabled {
-        let dept = scope.validate_source().await.map_err(|e| {
-            anyhow::anyhow!("refusing to start: sync.source_department_id is not valid (R2): {e}")
-        })?;
-        info!(department = %dept.id, name = %dept.name, scope = ?settings.sync.scope, "source department validated (R2)");
-    } else {
-        warn!("sync.enabled = false: events are recorded as skipped, nothing is written to Salesforce (R1)");
-    }
-    Ok(Arc::new(Engine::new(
-        crate::sync::SettingsHandle::fixed(settings.sync.clone()),
-        Arc::new(sf),
-        ss,
-        scope,
-        store,
-        Duration::from_secs(settings.salesforce.account_cache_ttl_secs),
-        Duration::from_secs(settings.worker.lease_ttl_secs),
-    )))
+    Ok(
+        crate::app::build(settings, store, crate::app::Options::default())
+            .await?
+            .engine,
+    )
 }

@@ -17,6 +17,7 @@ use syncback::sandbox::skillsync::Lms;
 use syncback::skillsync::scope::ScopeResolver;
 use syncback::store::{LinkState, Store};
 use syncback::sync::backfill::Backfill;
+use syncback::sync::{Engine, SettingsHandle};
 
 fn rec(v: Value) -> Record {
     v.as_object().unwrap().clone()
@@ -127,7 +128,7 @@ fn sync_settings() -> SyncSettings {
 struct Clients {
     sf: syncback::salesforce::Client,
     ss: Arc<syncback::skillsync::Client>,
-    scope: ScopeResolver,
+    scope: Arc<ScopeResolver>,
 }
 
 fn clients(w: &World) -> Clients {
@@ -147,29 +148,34 @@ fn clients(w: &World) -> Clients {
         })
         .unwrap(),
     );
-    let scope = ScopeResolver::new(
+    let scope = Arc::new(ScopeResolver::new(
         ss.clone(),
         "42",
         Scope::WithSubdepartments,
         Duration::from_secs(300),
-    );
+    ));
     Clients { sf, ss, scope }
 }
 
 async fn run_backfill(
     settings: &SyncSettings,
     c: &Clients,
-    store: &dyn Store,
+    store: &Arc<dyn Store>,
     dry_run: bool,
 ) -> syncback::sync::backfill::Summary {
     let counter = c.sf.clone();
     let calls = move || counter.total_calls();
-    Backfill {
+    let engine = engine(
         settings,
-        sf: &c.sf,
+        Arc::new(c.sf.clone()),
+        c.ss.clone(),
+        c.scope.clone(),
+        store.clone(),
+    );
+    Backfill {
+        engine: &engine,
         ss: c.ss.as_ref(),
         scope: &c.scope,
-        store,
         dry_run,
         restart: false,
         progress: false,
@@ -179,6 +185,25 @@ async fn run_backfill(
     .run()
     .await
     .unwrap()
+}
+
+/// The one apply path, as `syncback backfill` builds it.
+fn engine(
+    settings: &SyncSettings,
+    sf: Arc<dyn SalesforceApi>,
+    ss: Arc<dyn syncback::skillsync::SkillSyncApi>,
+    scope: Arc<ScopeResolver>,
+    store: Arc<dyn Store>,
+) -> Engine {
+    Engine::new(
+        SettingsHandle::fixed(settings.clone()),
+        sf,
+        ss,
+        scope,
+        store,
+        Duration::from_secs(300),
+        Duration::from_secs(60),
+    )
 }
 
 async fn sqlite() -> (tempfile::TempDir, Arc<dyn Store>) {
@@ -201,7 +226,7 @@ async fn backfill_is_batched_and_complete() {
     let settings = sync_settings();
     // Dry run first: a plan, and nothing written.
     let contacts_before = w.org.records("Contact").len();
-    let dry = run_backfill(&settings, &c, store.as_ref(), true).await;
+    let dry = run_backfill(&settings, &c, &store, true).await;
     assert_eq!(
         w.org.records("Contact").len(),
         contacts_before,
@@ -220,7 +245,7 @@ async fn backfill_is_batched_and_complete() {
     let dry_text = dry.to_string();
     assert!(dry_text.contains("DRY RUN"), "{dry_text}");
 
-    let s = run_backfill(&settings, &c, store.as_ref(), false).await;
+    let s = run_backfill(&settings, &c, &store, false).await;
     println!("{s}");
     assert_eq!(
         s.seen,
@@ -276,7 +301,7 @@ async fn backfill_is_batched_and_complete() {
     );
 
     // A second run changes nothing and costs about the same few calls.
-    let again = run_backfill(&settings, &c, store.as_ref(), false).await;
+    let again = run_backfill(&settings, &c, &store, false).await;
     assert_eq!(again.created, 0);
     assert_eq!(w.org.records("Contact").len(), contacts.len());
     let _ = &w.lms;
@@ -366,30 +391,29 @@ impl SalesforceApi for Dying {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
     let w = world(2_000).await;
-    let scope = ScopeResolver::new(
+    let scope = Arc::new(ScopeResolver::new(
         Arc::new(w.lms.clone()),
         "42",
         Scope::WithSubdepartments,
         Duration::from_secs(300),
-    );
+    ));
     let (_dir, store) = sqlite().await;
     let settings = sync_settings();
     let dying = Dying {
         org: w.org.clone(),
         left: AtomicU64::new(12),
     };
-    let run = |sf: &'static dyn SalesforceApi| {
+    let run = |sf: Arc<dyn SalesforceApi>| {
         let store = store.clone();
         let settings = settings.clone();
         let lms = w.lms.clone();
-        let scope = &scope;
+        let scope = scope.clone();
         async move {
+            let engine = engine(&settings, sf, Arc::new(lms.clone()), scope.clone(), store);
             Backfill {
-                settings: &settings,
-                sf,
+                engine: &engine,
                 ss: &lms,
-                scope,
-                store: store.as_ref(),
+                scope: &scope,
                 dry_run: false,
                 restart: false,
                 progress: false,
@@ -400,8 +424,7 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
             .await
         }
     };
-    let dying: &'static Dying = Box::leak(Box::new(dying));
-    let err = run(dying).await.unwrap_err();
+    let err = run(Arc::new(dying)).await.unwrap_err();
     assert!(err.to_string().contains("gone"), "{err}");
     let cp = store
         .checkpoint("backfill")
@@ -412,8 +435,7 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
         .as_u64()
         .unwrap();
     assert!(done_before >= 200, "{cp}");
-    let org: &'static Org = Box::leak(Box::new(w.org.clone()));
-    let s = run(org).await.unwrap();
+    let s = run(Arc::new(w.org.clone())).await.unwrap();
     assert_eq!(
         s.seen + done_before,
         1_800,

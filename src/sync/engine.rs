@@ -155,36 +155,7 @@ impl Engine {
     /// (`occurred_at`, id) order (R12), snapshots after them.
     pub async fn apply(&self, items: Vec<Item>) -> Vec<Result<Outcome, SyncError>> {
         let settings = self.settings.current();
-        let mut results: Vec<Option<Result<Outcome, SyncError>>> = vec![None; items.len()];
-        // Group by learner, in order of first appearance.
-        let mut work: Vec<LearnerItems> = Vec::new();
-        let mut index: HashMap<String, usize> = HashMap::new();
-        for (i, item) in items.iter().enumerate() {
-            let Some(lid) = item.learner_id() else {
-                let ty = match item {
-                    Item::Event(e) => e.event_type.as_str(),
-                    Item::Snapshot(_) => "snapshot",
-                };
-                results[i] = Some(Err(SyncError::BadEvent(format!(
-                    "{ty} event without its data"
-                ))));
-                continue;
-            };
-            let w = *index.entry(lid.to_string()).or_insert_with(|| {
-                work.push(LearnerItems {
-                    learner_id: lid.to_string(),
-                    items: Vec::new(),
-                });
-                work.len() - 1
-            });
-            work[w].items.push(i);
-        }
-        for w in &mut work {
-            // R12: events in (occurred_at, id) order; snapshots ("now") after them.
-            w.items
-                .sort_by(|a, b| order_key(&items[*a]).cmp(&order_key(&items[*b])));
-        }
-
+        let (mut results, work) = group(&items);
         let holder = uuid::Uuid::new_v4().to_string();
         let mut pending: Vec<&LearnerItems> = work.iter().collect();
         let started = Instant::now();
@@ -210,7 +181,7 @@ impl Engine {
             if !mine.is_empty() {
                 let keys: Vec<String> = mine.iter().map(|w| lease_key(&w.learner_id)).collect();
                 let renew = self.spawn_renewal(keys.clone(), holder.clone());
-                for (i, r) in self.apply_learners(&settings, &items, &mine).await {
+                for (i, r) in self.apply_learners(&settings, &items, &mine, false).await {
                     results[i] = Some(r);
                 }
                 renew.abort();
@@ -247,6 +218,21 @@ impl Engine {
             .collect()
     }
 
+    /// What [`Engine::apply`] would do, reading but writing nothing anywhere (Salesforce,
+    /// outcomes, versions): `backfill --dry-run`. Outcomes are the planned ones.
+    pub async fn plan(&self, items: Vec<Item>) -> Vec<Result<Outcome, SyncError>> {
+        let settings = self.settings.current();
+        let (mut results, work) = group(&items);
+        let all: Vec<&LearnerItems> = work.iter().collect();
+        for (i, r) in self.apply_learners(&settings, &items, &all, true).await {
+            results[i] = Some(r);
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every item settled"))
+            .collect()
+    }
+
     /// Keep the leases while the batch is applied, however slow Salesforce is: renew them
     /// every third of their TTL (a crashed holder still loses them after one TTL).
     fn spawn_renewal(&self, keys: Vec<String>, holder: String) -> tokio::task::JoinHandle<()> {
@@ -273,6 +259,7 @@ impl Engine {
         settings: &SyncSettings,
         items: &[Item],
         learners: &[&LearnerItems],
+        dry_run: bool,
     ) -> Vec<(usize, Result<Outcome, SyncError>)> {
         let mut out = Vec::new();
         let mut queues: Vec<std::collections::VecDeque<(usize, Option<Early>)>> = learners
@@ -309,7 +296,7 @@ impl Engine {
             if slots.is_empty() {
                 break;
             }
-            let results = self.round(settings, &slots).await;
+            let results = self.round(settings, &slots, dry_run).await;
             for (k, (idx, r)) in results.into_iter().enumerate() {
                 if let Err(e) = &r {
                     if e.is_transient() {
@@ -323,6 +310,41 @@ impl Engine {
         }
         out
     }
+}
+
+/// Group a batch by learner (in order of first appearance), each learner's items in
+/// application order; items without a learner are settled at once.
+fn group(items: &[Item]) -> (Vec<Option<Result<Outcome, SyncError>>>, Vec<LearnerItems>) {
+    let mut results: Vec<Option<Result<Outcome, SyncError>>> = vec![None; items.len()];
+    let mut work: Vec<LearnerItems> = Vec::new();
+    let mut index: HashMap<String, usize> = HashMap::new();
+    for (i, item) in items.iter().enumerate() {
+        let Some(lid) = item.learner_id() else {
+            let ty = match item {
+                Item::Event(e) => e.event_type.as_str(),
+                Item::Snapshot(_) => "snapshot",
+            };
+            results[i] = Some(Err(SyncError::BadEvent(format!(
+                "{ty} event without its data"
+            ))));
+            continue;
+        };
+        let w = *index.entry(lid.to_string()).or_insert_with(|| {
+            work.push(LearnerItems {
+                learner_id: lid.to_string(),
+                items: Vec::new(),
+            });
+            work.len() - 1
+        });
+        work[w].items.push(i);
+    }
+    for w in &mut work {
+        // R12: events in (occurred_at, id) order; snapshots ("now") after them.
+        w.items
+            .sort_by(|a, b| order_key(&items[*a]).cmp(&order_key(&items[*b])));
+    }
+
+    (results, work)
 }
 
 fn lease_key(learner_id: &str) -> String {

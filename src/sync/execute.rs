@@ -62,7 +62,12 @@ pub(super) type RoundResult = Vec<(usize, Result<Outcome, SyncError>)>;
 
 impl Engine {
     /// Apply one round (at most one item per learner).
-    pub(super) async fn round(&self, s: &SyncSettings, slots: &[Slot<'_>]) -> RoundResult {
+    pub(super) async fn round(
+        &self,
+        s: &SyncSettings,
+        slots: &[Slot<'_>],
+        dry_run: bool,
+    ) -> RoundResult {
         let mut work: Vec<Work> = Vec::with_capacity(slots.len());
         let mut commits: Vec<Vec<Commit>> = vec![Vec::new(); slots.len()];
         let ids: Vec<String> = slots
@@ -102,13 +107,19 @@ impl Engine {
                 }
                 break;
             }
+            if dry_run {
+                planned_only(&mut work);
+                break;
+            }
             let again = self.write_contacts(s, &mut work).await;
             if !again || known_gone_pass {
                 break;
             }
             known_gone_pass = true;
         }
-        self.finish_learners(&mut work).await;
+        if !dry_run {
+            self.finish_learners(&mut work).await;
+        }
         // Children of synced learners (R11), after their Contacts exist.
         for (k, w) in work.iter_mut().enumerate() {
             if let Work::Learner(lw) = w {
@@ -131,7 +142,11 @@ impl Engine {
                 }
             }
         }
-        let child_results = self.write_children(&work).await;
+        let child_results = if dry_run {
+            planned_children(&work)
+        } else {
+            self.write_children(&work).await
+        };
 
         // Outcomes, committed in one transaction.
         let mut out: Vec<(usize, Result<Outcome, SyncError>)> = Vec::with_capacity(slots.len());
@@ -180,7 +195,7 @@ impl Engine {
             out.push((sl.idx, r));
         }
         let all: Vec<Commit> = commits.into_iter().flatten().collect();
-        if !all.is_empty() {
+        if !all.is_empty() && !dry_run {
             if let Err(e) = self.store.commit_many(&all).await {
                 let e = SyncError::from(e);
                 return out
@@ -483,6 +498,59 @@ impl Engine {
             }),
         });
     }
+}
+
+/// Dry run: the planned steps are the results; nothing is written.
+fn planned_only(work: &mut [Work]) {
+    for w in work.iter_mut() {
+        let Work::Learner(lw) = w else { continue };
+        if lw.result.is_some() {
+            continue;
+        }
+        lw.result = Some(match lw.step.clone() {
+            Some(LearnerStep::Fail(p)) => Err(StepError::Permanent(p)),
+            Some(LearnerStep::Skip {
+                code,
+                detail,
+                state,
+                ..
+            }) => Ok((code, detail, state, OutcomeClass::Skipped)),
+            Some(LearnerStep::Write {
+                code,
+                detail,
+                state,
+                ..
+            }) => Ok((code, detail, Some(state), OutcomeClass::Applied)),
+            None => Err(StepError::Transient(SyncError::transient(
+                "salesforce",
+                "learner not planned",
+            ))),
+        });
+    }
+}
+
+/// Dry run: the children that would be written.
+fn planned_children(work: &[Work]) -> HashMap<usize, ChildResult> {
+    work.iter()
+        .enumerate()
+        .filter_map(|(i, w)| match w {
+            Work::Child(ChildOp::Upsert { object, ext_id, .. }) => Some((
+                i,
+                Ok((
+                    Code::Upserted,
+                    format!("{object} {ext_id} would be upserted (R11)"),
+                )),
+            )),
+            Work::Child(ChildOp::Delete { object, ext_id, .. }) => Some((
+                i,
+                Ok((
+                    Code::Deleted,
+                    format!("{object} {ext_id} would be deleted (R11)"),
+                )),
+            )),
+            _ => None,
+        })
+        .collect()
 }
 
 fn done(code: Code, detail: String, learner_id: &str) -> Outcome {
