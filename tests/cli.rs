@@ -169,7 +169,15 @@ async fn bad_configuration_is_explained_and_secrets_are_not_printed() {
     );
     let (code, out) = syncback(args(&typo, &["config", "check", "--offline"])).await;
     assert_ne!(code, 0);
-    assert!(out.contains("scoop"), "unknown key named: {out}");
+    assert!(
+        out.contains(&format!(
+            "{}:21: unknown key `scoop` in [sync] — did you mean `scope`?",
+            typo.display()
+        )),
+        "one line with file, line and a suggestion: {out}"
+    );
+    assert_eq!(out.matches("scoop").count(), 1, "said once: {out}");
+    assert!(!out.contains("default."), "{out}");
     let bad = e.config(
         "bad.toml",
         "",
@@ -198,8 +206,60 @@ async fn bad_configuration_is_explained_and_secrets_are_not_printed() {
 async fn learner_status_of_an_unknown_learner_says_so() {
     let e = env().await;
     let cfg = e.config("good.toml", "42", "sandbox-secret", None, "");
+    let db = e.dir.path().join("state.db");
+    syncback::store::open(&format!("sqlite://{}", db.display()), 1)
+        .await
+        .unwrap();
     let (code, out) = syncback(args(&cfg, &["learner", "status", "L-unknown"])).await;
     assert_eq!(code, 3, "{out}");
+    assert!(out.contains("never synced"), "{out}");
+}
+
+/// Read-only commands never create a store: a mistyped SQLite path is an error naming
+/// store.url (not an empty database reporting "never synced"); a closed PostgreSQL port
+/// fails at once, naming the address and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_never_create_the_store_and_fail_fast_naming_store_url() {
+    let e = env().await;
+    let typo = e.dir.path().join("stat.db");
+    let cfg = e.config("typo.toml", "42", "sandbox-secret", None, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let db = e.dir.path().join("state.db").display().to_string();
+    std::fs::write(&cfg, text.replace(&db, &typo.display().to_string())).unwrap();
+    let (code, out) = syncback(args(&cfg, &["learner", "status", "L1"])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("store.url") && out.contains(&typo.display().to_string()),
+        "{out}"
+    );
+    assert!(!out.contains("never synced"), "{out}");
+    assert!(!typo.exists(), "no database created at a mistyped path");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pg = e.config("pg.toml", "42", "sandbox-secret", None, "");
+    let text = std::fs::read_to_string(&pg).unwrap();
+    std::fs::write(
+        &pg,
+        text.replace(
+            &format!("sqlite://{db}"),
+            &format!("postgres://postgres@{closed}/syncback"),
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out) = syncback(args(&pg, &["learner", "status", "L1"])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("connection refused at {closed} (store.url)")),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "fails fast"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +420,7 @@ async fn demo_walks_through_the_rules_and_logs_event_and_learner_ids() {
 }
 
 /// `syncback backfill --dry-run` prints the plan and writes nothing; `backfill` syncs and
-/// prints the summary; a failure in the plan makes the exit code 2.
+/// prints the summary; a failure in the plan makes the exit code 5 (README "Exit codes").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_command_plans_then_syncs() {
     let e = env().await;
@@ -383,7 +443,7 @@ async fn backfill_command_plans_then_syncs() {
     }
     let cfg = e.config("good.toml", "42", "sandbox-secret", None, "");
     let (code, out) = syncback(args(&cfg, &["backfill", "--dry-run"])).await;
-    assert_eq!(code, 2, "a planned failure is reported: {out}");
+    assert_eq!(code, 5, "a planned failure is reported: {out}");
     assert!(
         out.contains("DRY RUN") && out.contains("account_not_found"),
         "{out}"
@@ -393,7 +453,7 @@ async fn backfill_command_plans_then_syncs() {
         "dry run writes nothing"
     );
     let (code, out) = syncback(args(&cfg, &["backfill"])).await;
-    assert_eq!(code, 2, "{out}");
+    assert_eq!(code, 5, "{out}");
     assert!(out.contains("created        4"), "{out}");
     assert_eq!(e.org.records("Contact").len(), 4);
 }
@@ -541,4 +601,201 @@ async fn demo_keep_running_explains_how_to_drive_it_and_cleans_up() {
             && std::fs::read_dir(&tmp).unwrap().next().is_none(),
         "temporary directory removed"
     );
+}
+
+/// Every mapped Contact field is checked against Salesforce's describe: a field that does
+/// not exist fails `config check` (instead of every event dead-lettering INVALID_FIELD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_checks_every_field_map_field_against_salesforce() {
+    let e = env().await;
+    let good = e.config("good.toml", "42", "sandbox-secret", None, "");
+    let (code, out) = syncback(args(&good, &["config", "check", "--role", "work"])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("every sync.field_map field exists on Contact (Email, FirstName, LastName)"),
+        "{out}"
+    );
+    let bad = e.config(
+        "bad.toml",
+        "42",
+        "sandbox-secret",
+        None,
+        "[sync.field_map]\nLastName = \"last_name\"\nNickname__c = \"username\"\nFirstNam = \"first_name\"",
+    );
+    let (code, out) = syncback(args(&bad, &["config", "check", "--role", "work"])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("✗ sync.field_map: Contact.Nickname__c does not exist in Salesforce"),
+        "{out}"
+    );
+    assert!(
+        out.contains("Contact.FirstNam does not exist in Salesforce — did you mean `FirstName`?"),
+        "{out}"
+    );
+}
+
+/// R1/R2, one rule: sync disabled without a source department is valid offline, online
+/// and for `work` alike (events are recorded as skipped), and says what enabling needs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_disabled_without_a_department_is_one_rule_offline_and_online() {
+    let e = env().await;
+    let cfg = e.config("off.toml", "", "sandbox-secret", None, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, text.replace("enabled = true", "enabled = false")).unwrap();
+    for offline in [true, false] {
+        let mut rest = vec!["config", "check", "--role", "work"];
+        if offline {
+            rest.push("--offline");
+        }
+        let (code, out) = syncback(args(&cfg, &rest)).await;
+        assert_eq!(code, 0, "offline {offline}: {out}");
+        assert!(
+            out.contains("! sync.enabled = false (R1)")
+                && out.contains("sync.source_department_id is needed before enabling it (R2)"),
+            "{out}"
+        );
+        assert!(!out.contains('✗'), "{out}");
+    }
+    // Enabled without one: refused by all three.
+    let on = e.config("on.toml", "", "sandbox-secret", None, "");
+    for rest in [
+        &["config", "check", "--role", "work", "--offline"][..],
+        &["config", "check", "--role", "work"][..],
+        &["work"][..],
+    ] {
+        let (code, out) = syncback(args(&on, rest)).await;
+        assert_eq!(code, 1, "{rest:?}: {out}");
+        assert!(out.contains("sync.source_department_id"), "{rest:?}: {out}");
+    }
+}
+
+/// `config check` online: an unreachable broker is one line naming the address and the
+/// key, no raw AMQP-client ERROR lines; a store whose SQLite file does not exist yet is
+/// not created by the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_check_names_the_key_of_an_unreachable_broker_without_client_noise() {
+    let e = env().await;
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = e.config("rmq.toml", "42", "sandbox-secret", None, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "backend = \"memory\"",
+        &format!("backend = \"rabbitmq\"\nurl = \"amqp://guest:guest@{closed}/%2f\""),
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .args(args(&cfg, &["config", "check", "--role", "work"]))
+        .env_remove("RUST_LOG")
+        .env_remove("SYNCBACK_CONFIG")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    assert!(
+        stdout.contains(&format!(
+            "✗ broker: connection refused at {closed} (queue.url)"
+        )),
+        "{stdout}"
+    );
+    assert!(!stderr.contains("ERROR"), "no client log lines: {stderr}");
+    assert!(
+        stdout.contains("does not exist yet; `work`/`run` will create it (store.url)"),
+        "{stdout}"
+    );
+    assert!(
+        !e.dir.path().join("state.db").exists(),
+        "the check creates no store"
+    );
+}
+
+/// `demo` and `sandbox` use no configuration: a named file that does not exist is
+/// reported the same way by both, and neither fails because of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_and_sandbox_treat_a_named_config_alike() {
+    for sub in [
+        &["demo", "--help"][..],
+        &["sandbox", "salesforce", "--help"][..],
+    ] {
+        let mut a = vec!["--config".to_string(), "/nonexistent.toml".to_string()];
+        a.extend(sub.iter().map(|s| s.to_string()));
+        let (code, out) = syncback(a).await;
+        assert_eq!(code, 0, "{sub:?}: {out}");
+    }
+    // Run for real: a sandbox on a free port, stopped by SIGTERM.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .args([
+            "--config",
+            "/nonexistent.toml",
+            "sandbox",
+            "skillsync",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SYNCBACK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("SkillSync sandbox on http://"), "{text}");
+    assert!(
+        text.contains("note: `sandbox` uses no configuration file; /nonexistent.toml is not read"),
+        "{text}"
+    );
+    // Logs into a pipe carry no ANSI colour codes.
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+}
+
+/// `syncback health`, the container HEALTHCHECK: 0 when /healthz answers 200 on the port
+/// of worker.listen (else server.listen), 1 when nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_healthz_on_the_configured_port() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let queue: std::sync::Arc<dyn syncback::queue::Queue> =
+        std::sync::Arc::new(syncback::queue::memory::MemoryQueue::new());
+    let ops = syncback::http::ops_router(queue, None);
+    tokio::spawn(async move { axum::serve(listener, ops).await.unwrap() });
+    let run = |listen: String, extra: &'static [&'static str]| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_syncback"))
+                .arg("health")
+                .args(extra)
+                .env_remove("SYNCBACK_CONFIG")
+                .env("SYNCBACK_WORKER__LISTEN", listen)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let out = run(format!("0.0.0.0:{port}"), &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("127.0.0.1:{port}/healthz")));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run(format!("0.0.0.0:{closed}"), &[]).await;
+    assert_eq!(out.status.code(), Some(1));
 }

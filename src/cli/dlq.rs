@@ -49,7 +49,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 }
                 None => {
                     eprintln!("no dead letter with id {id}");
-                    Ok(ExitCode::from(3))
+                    Ok(super::exit::code(super::exit::NOT_FOUND))
                 }
             }
         }
