@@ -128,12 +128,12 @@ async fn run_starts_while_broker_and_store_are_down_and_begins_when_they_appear(
 async fn wait_timeout_gives_up_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("syncback.toml");
+    let broker = free_port();
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\n[webhooks]\nsecrets = [\"{SECRET}\"]\n[queue]\nurl = \"amqp://guest:secretpw@127.0.0.1:{}/%2f\"\n",
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[webhooks]\nsecrets = [\"{SECRET}\"]\n[queue]\nurl = \"amqp://guest:secretpw@127.0.0.1:{broker}/%2f\"\n",
             free_port(),
-            free_port()
         ),
     )
     .unwrap();
@@ -156,6 +156,12 @@ async fn wait_timeout_gives_up_with_a_clear_error() {
     assert!(took < Duration::from_secs(15), "took {took:?}");
     assert!(stderr.contains("--wait-timeout"), "{stderr}");
     assert!(stderr.contains("queue.url"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "connection refused at 127.0.0.1:{broker} (queue.url)"
+        )),
+        "the address and the key: {stderr}"
+    );
     assert!(
         stderr.matches("waiting for it").count() >= 2,
         "one line per attempt: {stderr}"

@@ -125,7 +125,14 @@ async fn wait_for_broker(
     queue: &Arc<dyn queue::Queue>,
     timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
-    wait_for("broker", queue_key(settings), timeout, || queue.ping()).await
+    // A TCP probe first: a refused connection is reported with the address and the key.
+    wait_for("broker", queue_key(settings), timeout, || async {
+        super::stores::probe_broker(settings)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        queue.ping().await.map_err(|e| e.to_string())
+    })
+    .await
 }
 
 pub async fn receive(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCode> {

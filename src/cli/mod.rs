@@ -340,10 +340,12 @@ fn config_named() -> bool {
         || std::env::var_os("SYNCBACK_CONFIG").is_some()
 }
 
-/// `demo` and `sandbox` bring their own configuration: a named file is not read, and
-/// both say so the same way.
+/// `demo` and `sandbox` bring their own configuration: a file named with `--config` is
+/// not read, and both say so the same way (an ambient `SYNCBACK_CONFIG`, as in the
+/// container image, is silently not used).
 fn note_config_unused(cli: &Cli, what: &str) {
-    if config_named() {
+    let flag = std::env::args().any(|a| a == "--config" || a == "-c" || a.starts_with("--config="));
+    if flag {
         eprintln!(
             "note: `{what}` uses no configuration file; {} is not read",
             cli.config.display()
@@ -443,6 +445,35 @@ mod tests {
     fn cli_shape_is_valid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every flag and argument of every subcommand says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help_text() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "syncback", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 
     #[test]
