@@ -271,3 +271,19 @@ fn a_published_example_secret_is_a_loud_warning() {
     let own = Settings::from_toml("[webhooks]\nsecrets = [\"whsec_b3duIHNlY3JldA==\"]\n").unwrap();
     assert!(own.warnings().is_empty());
 }
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn id_keys_take_numbers_from_the_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("SYNCBACK_SYNC__SOURCE_DEPARTMENT_ID", "42");
+        jail.set_env("SYNCBACK_SKILLSYNC__CLIENT_ID", "1001");
+        jail.set_env("SYNCBACK_SALESFORCE__API_VERSION", "61.0");
+        let s = Settings::load(Path::new("/nonexistent/syncback.toml"), false)
+            .map_err(|e| e.to_string())?;
+        assert_eq!(s.sync.source_department_id, "42");
+        assert_eq!(s.skillsync.client_id, "1001");
+        assert_eq!(s.salesforce.api_version, "61.0");
+        Ok(())
+    });
+}
