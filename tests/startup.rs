@@ -172,6 +172,48 @@ async fn wait_timeout_gives_up_with_a_clear_error() {
     );
 }
 
+/// A "broker" that accepts TCP and hangs up at once: syncback reports it with the key, and
+/// the AMQP client's own ERROR lines do not reach the log.
+#[tokio::test]
+async fn a_broker_that_hangs_up_is_reported_once_per_attempt_without_client_noise() {
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = fake.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in fake.incoming() {
+            drop(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("syncback.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[webhooks]\nsecrets = [\"{SECRET}\"]\n[queue]\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n[log]\nformat = \"text\"\n",
+            free_port(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "receive",
+            "--wait-timeout",
+            "2",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("broker unavailable (queue.url); waiting for it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lapin"), "no AMQP-client lines: {stderr}");
+}
+
 /// A webhook sender for a receiver started as a child process.
 struct AppClient {
     url: String,

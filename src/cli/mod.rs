@@ -401,12 +401,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         return demo::run(args).await.map(|_| ExitCode::SUCCESS);
     }
     let settings = load(&cli)?;
-    let mut log = settings.log.clone();
-    if matches!(cli.command, Command::Config { .. } | Command::Dlq { .. }) {
-        // One line per problem from these commands, not the AMQP client's own ERROR lines.
-        log.level = format!("{},lapin=off", log.level);
-    }
-    crate::telemetry::init_logging(&log);
+    crate::telemetry::init_logging(&settings.log);
     match cli.command {
         Command::Receive(a) => commands::receive(settings, a).await,
         Command::Work(a) => commands::work(settings, a).await,
