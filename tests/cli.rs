@@ -495,4 +495,25 @@ async fn health_probes_healthz_on_the_configured_port() {
         .port();
     let out = run(format!("0.0.0.0:{closed}"), &[]).await;
     assert_eq!(out.status.code(), Some(1));
+
+    // The probes deploy/docker-compose.yml gives the sandbox services answer as expected.
+    let e = env().await;
+    for (url, any) in [
+        (format!("{}/services/data", e.sf), false),
+        (format!("{}/oauth2/token", e.ss), true),
+    ] {
+        let mut a = vec!["health".to_string(), "--url".to_string(), url.clone()];
+        if any {
+            a.push("--any-status".into());
+        }
+        let (code, out) = syncback(a).await;
+        assert_eq!(code, 0, "{url}: {out}");
+    }
+    let (code, out) = syncback(vec![
+        "health".into(),
+        "--url".into(),
+        format!("{}/oauth2/token", e.ss),
+    ])
+    .await;
+    assert_eq!(code, 1, "a 405 is not healthy without --any-status: {out}");
 }
