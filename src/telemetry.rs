@@ -96,11 +96,19 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 /// Initialise `tracing` (text or JSON lines). `RUST_LOG` overrides `log.level`.
 pub fn init_logging(settings: &LogSettings) {
+    use std::io::IsTerminal;
     use tracing_subscriber::EnvFilter;
+    // The AMQP client's own ERROR lines repeat what syncback reports itself, with the
+    // config key (broker unavailable (queue.url), connection lost; reconnecting): off by
+    // default. These defaults come first, so a `level` naming lapin or sqlx (or RUST_LOG)
+    // wins.
     let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},lapin=warn,sqlx=warn", settings.level)));
+        .unwrap_or_else(|_| EnvFilter::new(format!("lapin=off,sqlx=warn,{}", settings.level)));
+    // Colour only on a terminal (never in a file or a pipe), and never with NO_COLOR.
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match settings.format {
         LogFormat::Json => builder

@@ -1,205 +1,70 @@
-//! The `syncback` binary as users meet it: `config check` (R2 with clear messages),
-//! `work` refusing an invalid source department, bad configuration files, `learner status`.
+//! The `syncback` binary as users meet it: `learner status`, `backfill`, `demo`,
+//! `sandbox`, `health` (`config check` and `work`'s start-up checks: tests/config_check.rs).
+
+mod cli_support;
 
 use std::process::Command;
 
-use syncback::sandbox::salesforce::Org;
-use syncback::sandbox::skillsync::Lms;
-
-const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-
-struct Env {
-    dir: tempfile::TempDir,
-    sf: String,
-    ss: String,
-    org: Org,
-    lms: Lms,
-}
-
-async fn env() -> Env {
-    let org = Org::new();
-    let lms = Lms::new();
-    lms.add_department("42", "Engineering", None);
-    let (sf, _) = org.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    let (ss, _) = lms.serve("127.0.0.1:0".parse().unwrap()).await.unwrap();
-    Env {
-        dir: tempfile::tempdir().unwrap(),
-        sf: format!("http://{sf}"),
-        ss: format!("http://{ss}"),
-        org,
-        lms,
-    }
-}
-
-impl Env {
-    fn config(
-        &self,
-        name: &str,
-        dept: &str,
-        ss_secret: &str,
-        ss_url: Option<&str>,
-        extra: &str,
-    ) -> std::path::PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(
-            &path,
-            format!(
-                r#"
-[server]
-listen = "127.0.0.1:0"
-[webhooks]
-secrets = ["{SECRET}"]
-[queue]
-backend = "memory"
-[store]
-url = "sqlite://{db}"
-[salesforce]
-login_url = "{sf}"
-client_id = "sandbox-client"
-client_secret = "sandbox-secret"
-[skillsync]
-base_url = "{ss}"
-client_id = "sandbox-client"
-client_secret = "{ss_secret}"
-[sync]
-enabled = true
-source_department_id = "{dept}"
-{extra}
-"#,
-                db = self.dir.path().join("state.db").display(),
-                sf = self.sf,
-                ss = ss_url.unwrap_or(&self.ss),
-            ),
-        )
-        .unwrap();
-        path
-    }
-}
-
-/// Run the binary off the test runtime's threads (the sandboxes must keep answering).
-async fn syncback(args: Vec<String>) -> (i32, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_syncback"))
-            .args(&args)
-            .env("RUST_LOG", "error")
-            .env_remove("SYNCBACK_CONFIG")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
-    })
-    .await
-    .unwrap()
-}
-
-fn args(cfg: &std::path::Path, rest: &[&str]) -> Vec<String> {
-    let mut v = vec!["--config".to_string(), cfg.display().to_string()];
-    v.extend(rest.iter().map(|s| s.to_string()));
-    v
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn config_check_validates_the_source_department_r2() {
-    let e = env().await;
-    let good = e.config("good.toml", "42", "sandbox-secret", None, "");
-    let (code, out) = syncback(args(&good, &["config", "check", "--role", "work"])).await;
-    assert_eq!(code, 0, "{out}");
-    assert!(
-        out.contains("source department 42 (Engineering) validated (R2)"),
-        "{out}"
-    );
-    assert!(out.contains("Salesforce: authenticated"), "{out}");
-
-    let unknown = e.config("unknown.toml", "4711", "sandbox-secret", None, "");
-    let (code, out) = syncback(args(&unknown, &["config", "check", "--role", "work"])).await;
-    assert_ne!(code, 0);
-    assert!(
-        out.contains("source department 4711 does not exist in SkillSync"),
-        "{out}"
-    );
-
-    let denied = e.config("denied.toml", "42", "wrong-secret", None, "");
-    let (code, out) = syncback(args(&denied, &["config", "check", "--role", "work"])).await;
-    assert_ne!(code, 0);
-    assert!(out.contains("SkillSync refused the credentials"), "{out}");
-
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let gone = e.config(
-        "gone.toml",
-        "42",
-        "sandbox-secret",
-        Some(&format!("http://{closed}")),
-        "",
-    );
-    let (code, out) = syncback(args(&gone, &["config", "check", "--role", "work"])).await;
-    assert_ne!(code, 0);
-    assert!(out.contains("SkillSync is unreachable"), "{out}");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn work_and_run_refuse_to_start_with_an_unknown_department() {
-    let e = env().await;
-    let unknown = e.config("unknown.toml", "4711", "sandbox-secret", None, "");
-    for cmd in ["work", "run"] {
-        let (code, out) = syncback(args(&unknown, &[cmd])).await;
-        assert_ne!(code, 0, "{cmd}: {out}");
-        assert!(
-            out.contains("refusing to start") && out.contains("4711"),
-            "{cmd}: {out}"
-        );
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bad_configuration_is_explained_and_secrets_are_not_printed() {
-    let e = env().await;
-    let typo = e.config(
-        "typo.toml",
-        "42",
-        "sandbox-secret",
-        None,
-        "scoop = \"department_only\"",
-    );
-    let (code, out) = syncback(args(&typo, &["config", "check", "--offline"])).await;
-    assert_ne!(code, 0);
-    assert!(out.contains("scoop"), "unknown key named: {out}");
-    let bad = e.config(
-        "bad.toml",
-        "",
-        "sandbox-secret",
-        None,
-        "account_rule = \"default\"",
-    );
-    let text = std::fs::read_to_string(&bad)
-        .unwrap()
-        .replace(SECRET, "whsec_!!notbase64");
-    std::fs::write(&bad, text).unwrap();
-    let (code, out) = syncback(args(&bad, &["config", "check", "--offline"])).await;
-    assert_ne!(code, 0);
-    assert!(out.contains("webhooks.secrets[0]"), "{out}");
-    assert!(out.contains("default_account_id"), "{out}");
-    assert!(
-        !out.contains("sandbox-secret"),
-        "secrets never printed: {out}"
-    );
-    let missing = e.dir.path().join("nope.toml");
-    let (code, out) = syncback(args(&missing, &["work"])).await;
-    assert_ne!(code, 0, "{out}");
-}
+use cli_support::{args, env, syncback};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn learner_status_of_an_unknown_learner_says_so() {
     let e = env().await;
     let cfg = e.config("good.toml", "42", "sandbox-secret", None, "");
+    let db = e.dir.path().join("state.db");
+    syncback::store::open(&format!("sqlite://{}", db.display()), 1)
+        .await
+        .unwrap();
     let (code, out) = syncback(args(&cfg, &["learner", "status", "L-unknown"])).await;
     assert_eq!(code, 3, "{out}");
+    assert!(out.contains("never synced"), "{out}");
+}
+
+/// Read-only commands never create a store: a mistyped SQLite path is an error naming
+/// store.url (not an empty database reporting "never synced"); a closed PostgreSQL port
+/// fails at once, naming the address and the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_never_create_the_store_and_fail_fast_naming_store_url() {
+    let e = env().await;
+    let typo = e.dir.path().join("stat.db");
+    let cfg = e.config("typo.toml", "42", "sandbox-secret", None, "");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let db = e.dir.path().join("state.db").display().to_string();
+    std::fs::write(&cfg, text.replace(&db, &typo.display().to_string())).unwrap();
+    let (code, out) = syncback(args(&cfg, &["learner", "status", "L1"])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("store.url") && out.contains(&typo.display().to_string()),
+        "{out}"
+    );
+    assert!(!out.contains("never synced"), "{out}");
+    assert!(!typo.exists(), "no database created at a mistyped path");
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let pg = e.config("pg.toml", "42", "sandbox-secret", None, "");
+    let text = std::fs::read_to_string(&pg).unwrap();
+    std::fs::write(
+        &pg,
+        text.replace(
+            &format!("sqlite://{db}"),
+            &format!("postgres://postgres@{closed}/syncback"),
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, out) = syncback(args(&pg, &["learner", "status", "L1"])).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains(&format!("connection refused at {closed} (store.url)")),
+        "{out}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "fails fast"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -360,7 +225,7 @@ async fn demo_walks_through_the_rules_and_logs_event_and_learner_ids() {
 }
 
 /// `syncback backfill --dry-run` prints the plan and writes nothing; `backfill` syncs and
-/// prints the summary; a failure in the plan makes the exit code 2.
+/// prints the summary; a failure in the plan makes the exit code 5 (README "Exit codes").
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backfill_command_plans_then_syncs() {
     let e = env().await;
@@ -383,7 +248,7 @@ async fn backfill_command_plans_then_syncs() {
     }
     let cfg = e.config("good.toml", "42", "sandbox-secret", None, "");
     let (code, out) = syncback(args(&cfg, &["backfill", "--dry-run"])).await;
-    assert_eq!(code, 2, "a planned failure is reported: {out}");
+    assert_eq!(code, 5, "a planned failure is reported: {out}");
     assert!(
         out.contains("DRY RUN") && out.contains("account_not_found"),
         "{out}"
@@ -393,7 +258,7 @@ async fn backfill_command_plans_then_syncs() {
         "dry run writes nothing"
     );
     let (code, out) = syncback(args(&cfg, &["backfill"])).await;
-    assert_eq!(code, 2, "{out}");
+    assert_eq!(code, 5, "{out}");
     assert!(out.contains("created        4"), "{out}");
     assert_eq!(e.org.records("Contact").len(), 4);
 }
@@ -541,4 +406,114 @@ async fn demo_keep_running_explains_how_to_drive_it_and_cleans_up() {
             && std::fs::read_dir(&tmp).unwrap().next().is_none(),
         "temporary directory removed"
     );
+}
+
+/// `demo` and `sandbox` use no configuration: a named file that does not exist is
+/// reported the same way by both, and neither fails because of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_and_sandbox_treat_a_named_config_alike() {
+    for sub in [
+        &["demo", "--help"][..],
+        &["sandbox", "salesforce", "--help"][..],
+    ] {
+        let mut a = vec!["--config".to_string(), "/nonexistent.toml".to_string()];
+        a.extend(sub.iter().map(|s| s.to_string()));
+        let (code, out) = syncback(a).await;
+        assert_eq!(code, 0, "{sub:?}: {out}");
+    }
+    // Run for real: a sandbox on a free port, stopped by SIGTERM.
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .args([
+            "--config",
+            "/nonexistent.toml",
+            "sandbox",
+            "skillsync",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .env_remove("SYNCBACK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("SkillSync sandbox on http://"), "{text}");
+    assert!(
+        text.contains("note: `sandbox` uses no configuration file; /nonexistent.toml is not read"),
+        "{text}"
+    );
+    // Logs into a pipe carry no ANSI colour codes.
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+}
+
+/// `syncback health`, the container HEALTHCHECK: 0 when /healthz answers 200 on the port
+/// of worker.listen (else server.listen), 1 when nothing listens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probes_healthz_on_the_configured_port() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let queue: std::sync::Arc<dyn syncback::queue::Queue> =
+        std::sync::Arc::new(syncback::queue::memory::MemoryQueue::new());
+    let ops = syncback::http::ops_router(queue, None);
+    tokio::spawn(async move { axum::serve(listener, ops).await.unwrap() });
+    let run = |listen: String, extra: &'static [&'static str]| async move {
+        tokio::task::spawn_blocking(move || {
+            Command::new(env!("CARGO_BIN_EXE_syncback"))
+                .arg("health")
+                .args(extra)
+                .env_remove("SYNCBACK_CONFIG")
+                .env("SYNCBACK_WORKER__LISTEN", listen)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let out = run(format!("0.0.0.0:{port}"), &[]).await;
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("127.0.0.1:{port}/healthz")));
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = run(format!("0.0.0.0:{closed}"), &[]).await;
+    assert_eq!(out.status.code(), Some(1));
+
+    // The probes deploy/docker-compose.yml gives the sandbox services answer as expected.
+    let e = env().await;
+    for (url, any) in [
+        (format!("{}/services/data", e.sf), false),
+        (format!("{}/oauth2/token", e.ss), true),
+    ] {
+        let mut a = vec!["health".to_string(), "--url".to_string(), url.clone()];
+        if any {
+            a.push("--any-status".into());
+        }
+        let (code, out) = syncback(a).await;
+        assert_eq!(code, 0, "{url}: {out}");
+    }
+    let (code, out) = syncback(vec![
+        "health".into(),
+        "--url".into(),
+        format!("{}/oauth2/token", e.ss),
+    ])
+    .await;
+    assert_eq!(code, 1, "a 405 is not healthy without --any-status: {out}");
 }

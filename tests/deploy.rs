@@ -1,56 +1,14 @@
 //! `deploy/` cannot be run here (no container engine), so these tests parse every file
-//! and check that names, ports, env keys and metric names agree with the code.
+//! and check that names, ports, env keys and metric names agree with the code
+//! (the Dockerfile, compose and RabbitMQ's users: tests/deploy_containers.rs).
 
-use std::path::Path;
+mod deploy_support;
 
 use clap::Parser;
+use deploy_support::*;
 use serde_json::Value;
 use syncback::config::{QueueSettings, Role, Settings};
 use syncback::queue::rabbitmq::Topology;
-
-fn read(rel: &str) -> String {
-    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(rel))
-        .unwrap_or_else(|e| panic!("{rel}: {e}"))
-}
-
-fn yaml_docs(rel: &str) -> Vec<Value> {
-    use serde::Deserialize;
-    serde_yaml::Deserializer::from_str(&read(rel))
-        .map(|d| {
-            let v = serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{rel}: {e}"));
-            serde_json::to_value(v).unwrap()
-        })
-        .collect()
-}
-
-/// `SYNCBACK_SECTION__KEY` must name a real configuration key.
-fn assert_config_env_key(key: &str) {
-    let path = key
-        .strip_prefix("SYNCBACK_")
-        .unwrap_or_else(|| panic!("{key} is not a SYNCBACK_ key"));
-    let (section, field) = path
-        .split_once("__")
-        .unwrap_or_else(|| panic!("{key}: no __"));
-    let defaults = serde_json::to_value(Settings::default()).unwrap();
-    assert!(
-        defaults[section.to_lowercase()]
-            .get(field.to_lowercase())
-            .is_some(),
-        "{key} does not name a configuration key"
-    );
-}
-
-#[allow(clippy::result_large_err)] // figment::Jail's closure signature
-fn env_overrides_parse(pairs: &[(String, String)]) {
-    figment::Jail::expect_with(|jail| {
-        for (k, v) in pairs {
-            jail.set_env(k, v);
-        }
-        Settings::load(Path::new("/nonexistent/syncback.toml"), false)
-            .map_err(|e| e.to_string())?;
-        Ok(())
-    });
-}
 
 #[test]
 fn rabbitmq_definitions_match_the_declared_topology() {
@@ -133,12 +91,7 @@ fn compose_services_ports_and_env_agree_with_the_code() {
                 continue;
             }
             assert_config_env_key(k);
-            let v = v
-                .as_str()
-                .unwrap()
-                .replace("${SALESFORCE_CLIENT_SECRET:-set-me}", "x")
-                .replace("${SKILLSYNC_CLIENT_SECRET:-set-me}", "x");
-            pairs.push((k.clone(), v));
+            pairs.push((k.clone(), interpolate(v.as_str().unwrap())));
         }
         env_overrides_parse(&pairs);
         let listen = env
@@ -281,4 +234,98 @@ fn grafana_dashboard_charts_every_metric_the_code_exports() {
             }
         }
     }
+}
+
+/// Every key of the configuration (from the serialised defaults), as `section.key`; the
+/// optional keys the defaults leave out are added by hand.
+fn every_config_key() -> Vec<(String, String)> {
+    let defaults = serde_json::to_value(Settings::default()).unwrap();
+    let mut keys = Vec::new();
+    for (section, v) in defaults.as_object().unwrap() {
+        for key in v.as_object().unwrap().keys() {
+            keys.push((section.clone(), key.clone()));
+        }
+    }
+    keys.push(("salesforce".into(), "api_usage_threshold".into()));
+    keys
+}
+
+/// deploy/syncback.example.toml lists every key of the configuration structs (set, or
+/// commented out for optional ones) in its section, so it cannot drift from the code.
+#[test]
+fn example_config_lists_every_key_of_the_configuration() {
+    let text = read("deploy/syncback.example.toml");
+    // section -> the keys written in it, set or commented out
+    let mut seen: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut section = String::new();
+    for raw in text.lines() {
+        let line = raw.trim().trim_start_matches('#').trim();
+        if let Some(h) = line.strip_prefix('[') {
+            let h = h.trim_start_matches('[');
+            let name = h.split(']').next().unwrap().trim().to_string();
+            // [sync.field_map] and [[admin.users]] are keys of their parent section.
+            if let Some((parent, key)) = name.split_once('.') {
+                seen.entry(parent.into()).or_default().push(key.into());
+                section = name;
+            } else {
+                section = name;
+            }
+            continue;
+        }
+        if let Some((k, _)) = line.split_once('=') {
+            let k = k.trim();
+            if !k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                seen.entry(section.clone()).or_default().push(k.to_string());
+            }
+        }
+    }
+    let mut missing = Vec::new();
+    for (section, key) in every_config_key() {
+        if !seen.get(&section).is_some_and(|keys| keys.contains(&key)) {
+            missing.push(format!("{section}.{key}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "deploy/syncback.example.toml misses {missing:?}"
+    );
+    // Every key it sets is a real one (deny_unknown_fields), and the README's table
+    // documents every key too.
+    Settings::from_toml(&text).unwrap();
+    let readme = read("README.md");
+    for (section, key) in every_config_key() {
+        let full = format!("`{section}.{key}`");
+        let in_row = readme
+            .lines()
+            .any(|l| l.starts_with(&format!("| `{section}.")) && l.contains(&format!("`{key}`")));
+        assert!(
+            readme.contains(&full) || in_row,
+            "README's configuration table does not list {section}.{key}"
+        );
+    }
+}
+
+/// Every file of deploy/ carries the obvious placeholder secret, never a published
+/// example one, and `config check` warns about both.
+#[test]
+fn deploy_files_carry_a_placeholder_webhook_secret_that_is_flagged() {
+    use syncback::config::KNOWN_EXAMPLE_SECRETS;
+    let placeholder = "whsec_PLACEHOLDERreplaceMEbyYOURsecret";
+    assert!(KNOWN_EXAMPLE_SECRETS.contains(&placeholder));
+    for f in [
+        "deploy/syncback.example.toml",
+        "deploy/docker-compose.yml",
+        "deploy/k8s/syncback.yaml",
+    ] {
+        let text = read(f);
+        assert!(text.contains(placeholder), "{f} carries the placeholder");
+        for s in KNOWN_EXAMPLE_SECRETS.iter().filter(|s| **s != placeholder) {
+            assert!(!text.contains(s), "{f} ships the published secret {s}");
+        }
+    }
+    let s = Settings::from_toml(&read("deploy/syncback.example.toml")).unwrap();
+    assert!(s
+        .warnings()
+        .iter()
+        .any(|w| w.contains("published example secret")));
 }

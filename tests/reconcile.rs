@@ -396,7 +396,7 @@ async fn cli_dry_run_prints_json_lines_and_csv_and_exit_codes_say_whether_drift_
         ],
     )
     .await;
-    assert_eq!(code, 2, "drift found: exit 2\n{out}\n{err}");
+    assert_eq!(code, 6, "drift found: exit 6\n{out}\n{err}");
     let lines: Vec<serde_json::Value> = out
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

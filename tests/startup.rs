@@ -128,12 +128,12 @@ async fn run_starts_while_broker_and_store_are_down_and_begins_when_they_appear(
 async fn wait_timeout_gives_up_with_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("syncback.toml");
+    let broker = free_port();
     std::fs::write(
         &cfg,
         format!(
-            "[server]\nlisten = \"127.0.0.1:{}\"\n[webhooks]\nsecrets = [\"{SECRET}\"]\n[queue]\nurl = \"amqp://guest:secretpw@127.0.0.1:{}/%2f\"\n",
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[webhooks]\nsecrets = [\"{SECRET}\"]\n[queue]\nurl = \"amqp://guest:secretpw@127.0.0.1:{broker}/%2f\"\n",
             free_port(),
-            free_port()
         ),
     )
     .unwrap();
@@ -157,6 +157,12 @@ async fn wait_timeout_gives_up_with_a_clear_error() {
     assert!(stderr.contains("--wait-timeout"), "{stderr}");
     assert!(stderr.contains("queue.url"), "{stderr}");
     assert!(
+        stderr.contains(&format!(
+            "connection refused at 127.0.0.1:{broker} (queue.url)"
+        )),
+        "the address and the key: {stderr}"
+    );
+    assert!(
         stderr.matches("waiting for it").count() >= 2,
         "one line per attempt: {stderr}"
     );
@@ -164,6 +170,48 @@ async fn wait_timeout_gives_up_with_a_clear_error() {
         !stderr.contains("secretpw"),
         "the password leaked: {stderr}"
     );
+}
+
+/// A "broker" that accepts TCP and hangs up at once: syncback reports it with the key, and
+/// the AMQP client's own ERROR lines do not reach the log.
+#[tokio::test]
+async fn a_broker_that_hangs_up_is_reported_once_per_attempt_without_client_noise() {
+    let fake = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = fake.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in fake.incoming() {
+            drop(c);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("syncback.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:{}\"\n[webhooks]\nsecrets = [\"{SECRET}\"]\n[queue]\nurl = \"amqp://guest:guest@127.0.0.1:{port}/%2f\"\n[log]\nformat = \"text\"\n",
+            free_port(),
+        ),
+    )
+    .unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .args([
+            "--config",
+            cfg.to_str().unwrap(),
+            "receive",
+            "--wait-timeout",
+            "2",
+        ])
+        .env_remove("RUST_LOG")
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("broker unavailable (queue.url); waiting for it"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("lapin"), "no AMQP-client lines: {stderr}");
 }
 
 /// A webhook sender for a receiver started as a child process.

@@ -37,3 +37,34 @@ pub fn show_on(
         }
     })
 }
+
+/// Salesforce's data-skew threshold: more Contacts than this under one Account slow sharing
+/// recalculation and lock the Account on every child write.
+pub const DATA_SKEW_CONTACTS: u64 = 10_000;
+
+/// Rule `default` (R4 A) puts every Contact under one Account: warn when it already holds
+/// more than [`DATA_SKEW_CONTACTS`] (one SOQL `COUNT()`).
+pub async fn data_skew(
+    sf: &crate::salesforce::Client,
+    sync: &crate::config::SyncSettings,
+) -> Option<String> {
+    if sync.account_rule != crate::config::AccountRule::Default {
+        return None;
+    }
+    let id = sync.default_account_id.trim();
+    let q = format!(
+        "SELECT COUNT() FROM Contact WHERE AccountId = {}",
+        crate::salesforce::soql::quote(id)
+    );
+    match sf.count_query(&q).await {
+        Ok(n) if n > DATA_SKEW_CONTACTS => Some(format!(
+            "sync.default_account_id: Account {id} already holds {n} Contacts, over Salesforce's data-skew threshold of {DATA_SKEW_CONTACTS}: \
+             every Contact syncback creates goes under it, so writes will contend for its lock (UNABLE_TO_LOCK_ROW) and sharing \
+             recalculations slow down — consider account_rule = \"department\" or \"learner_field\" to spread Contacts over Accounts"
+        )),
+        Ok(_) => None,
+        Err(e) => Some(format!(
+            "could not count the Contacts of sync.default_account_id {id} (data-skew check): {e}"
+        )),
+    }
+}

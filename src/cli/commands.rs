@@ -10,11 +10,11 @@ use tracing::{info, warn};
 
 use std::time::Duration;
 
-use super::{SandboxCmd, StartArgs};
+use super::StartArgs;
 use crate::config::{QueueBackend, Role, Settings};
 use crate::store::Store;
 use crate::worker::Worker;
-use crate::{http, queue, store};
+use crate::{http, queue};
 
 /// A watch channel that turns true on SIGTERM or SIGINT.
 pub fn shutdown_signal() -> watch::Receiver<bool> {
@@ -38,7 +38,7 @@ pub fn shutdown_signal() -> watch::Receiver<bool> {
     rx
 }
 
-async fn wait_true(mut rx: watch::Receiver<bool>) {
+pub(super) async fn wait_true(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|v| *v).await;
 }
 
@@ -48,9 +48,7 @@ fn days(n: u32) -> std::time::Duration {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    store::open(settings.store.url.expose(), settings.store.max_connections)
-        .await
-        .context("opening the state store (store.url)")
+    super::stores::open(settings).await
 }
 
 /// Wait until `probe` succeeds: exponential backoff (0.2 s doubling to 10 s), one log
@@ -127,11 +125,21 @@ async fn wait_for_broker(
     queue: &Arc<dyn queue::Queue>,
     timeout: Option<Duration>,
 ) -> anyhow::Result<()> {
-    wait_for("broker", queue_key(settings), timeout, || queue.ping()).await
+    // A TCP probe first: a refused connection is reported with the address and the key.
+    wait_for("broker", queue_key(settings), timeout, || async {
+        super::stores::probe_broker(settings)
+            .await
+            .map_err(|e| format!("{e:#}"))?;
+        queue.ping().await.map_err(|e| e.to_string())
+    })
+    .await
 }
 
 pub async fn receive(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Receive)?;
+    for w in settings.warnings() {
+        warn!("{w}");
+    }
     if settings.queue.backend == QueueBackend::Memory {
         warn!("queue.backend = \"memory\": events received here are not seen by separate `work` processes (use `run` or rabbitmq)");
     }
@@ -361,7 +369,7 @@ pub async fn learner_status(
     limit: u32,
 ) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Status)?;
-    let store = open_store(&settings).await?;
+    let store = super::stores::open_read_only(&settings).await?;
     let state = store.learner(id).await?;
     let history = store.history(id, limit).await?;
     if json {
@@ -372,7 +380,7 @@ pub async fn learner_status(
             )?
         );
         return Ok(if state.is_none() && history.is_empty() {
-            ExitCode::from(3)
+            super::exit::code(super::exit::NOT_FOUND)
         } else {
             ExitCode::SUCCESS
         });
@@ -411,7 +419,7 @@ pub async fn learner_status(
         }
     }
     Ok(if state.is_none() && history.is_empty() {
-        ExitCode::from(3)
+        super::exit::code(super::exit::NOT_FOUND)
     } else {
         ExitCode::SUCCESS
     })
@@ -428,200 +436,8 @@ pub async fn backfill(
         crate::sync::backfill::run_from_settings(&settings, store, dry_run, restart).await?;
     println!("{summary}");
     Ok(if summary.failed() > 0 {
-        ExitCode::from(2)
+        super::exit::code(super::exit::BACKFILL_FAILURES)
     } else {
         ExitCode::SUCCESS
     })
-}
-
-pub async fn config_check(
-    settings: Settings,
-    role: Role,
-    offline: bool,
-) -> anyhow::Result<ExitCode> {
-    let mut ok = true;
-    match settings.validate_for(role) {
-        Ok(()) => println!(
-            "✓ configuration is valid for `{}`",
-            format!("{role:?}").to_lowercase()
-        ),
-        Err(e) => {
-            ok = false;
-            println!("✗ {e}");
-        }
-    }
-    for w in settings.warnings() {
-        println!("! {w}");
-    }
-    if offline || !ok {
-        return Ok(if ok {
-            ExitCode::SUCCESS
-        } else {
-            ExitCode::FAILURE
-        });
-    }
-    let receives = matches!(role, Role::Receive | Role::Run);
-    let works = matches!(role, Role::Work | Role::Run);
-    let mut report = |good: bool, what: String| {
-        ok &= good;
-        println!("{} {what}", if good { "✓" } else { "✗" });
-    };
-    match queue::connect(&settings.queue).await {
-        Ok(q) => match q.ping().await {
-            Ok(()) => report(
-                true,
-                format!("broker reachable ({:?})", settings.queue.backend),
-            ),
-            Err(e) => report(false, format!("broker: {e}")),
-        },
-        Err(e) => report(false, format!("broker: {e}")),
-    }
-    if works {
-        match store::SqlStore::connect(settings.store.url.expose(), 1).await {
-            Ok(s) => match s.ping().await {
-                Ok(()) => report(true, format!("store reachable ({})", s.backend())),
-                Err(e) => report(false, format!("store: {e}")),
-            },
-            Err(e) => report(false, format!("store: {e}")),
-        }
-        match crate::salesforce::Client::new(&settings.salesforce) {
-            Ok(sf) => {
-                match sf
-                    .check_schema(&settings.sync.link_field, &settings.sync.match_field)
-                    .await
-                {
-                    Ok(problems) if problems.is_empty() => {
-                        report(true, "Salesforce: authenticated; Contact and custom objects have the configured fields".into())
-                    }
-                    Ok(problems) => {
-                        for p in problems {
-                            report(false, format!("Salesforce: {p}"));
-                        }
-                    }
-                    Err(e) => report(false, format!("Salesforce: {e}")),
-                }
-                if let Some(w) = data_skew(&sf, &settings.sync).await {
-                    println!("! {w}");
-                }
-                if sf.api_usage().is_some() {
-                    println!("  {}", sf.budget().status().usage_line());
-                }
-            }
-            Err(e) => report(false, format!("Salesforce: {e}")),
-        }
-        // R2: the source department must exist in SkillSync before sync can be enabled.
-        match crate::worker::validate_source(&settings).await {
-            Ok(dept) => report(
-                true,
-                format!(
-                    "SkillSync: source department {} ({}) validated (R2)",
-                    dept.id, dept.name
-                ),
-            ),
-            Err(e) => report(false, format!("SkillSync: {e}")),
-        }
-    }
-    let _ = receives;
-    Ok(if ok {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
-}
-
-/// Salesforce's data-skew threshold: more Contacts than this under one Account slow sharing
-/// recalculation and lock the Account on every child write.
-pub const DATA_SKEW_CONTACTS: u64 = 10_000;
-
-/// Rule `default` (R4 A) puts every Contact under one Account: warn when it already holds
-/// more than [`DATA_SKEW_CONTACTS`] (one SOQL `COUNT()`).
-async fn data_skew(
-    sf: &crate::salesforce::Client,
-    sync: &crate::config::SyncSettings,
-) -> Option<String> {
-    if sync.account_rule != crate::config::AccountRule::Default {
-        return None;
-    }
-    let id = sync.default_account_id.trim();
-    let q = format!(
-        "SELECT COUNT() FROM Contact WHERE AccountId = {}",
-        crate::salesforce::soql::quote(id)
-    );
-    match sf.count_query(&q).await {
-        Ok(n) if n > DATA_SKEW_CONTACTS => Some(format!(
-            "sync.default_account_id: Account {id} already holds {n} Contacts, over Salesforce's data-skew threshold of {DATA_SKEW_CONTACTS}: \
-             every Contact syncback creates goes under it, so writes will contend for its lock (UNABLE_TO_LOCK_ROW) and sharing \
-             recalculations slow down — consider account_rule = \"department\" or \"learner_field\" to spread Contacts over Accounts"
-        )),
-        Ok(_) => None,
-        Err(e) => Some(format!(
-            "could not count the Contacts of sync.default_account_id {id} (data-skew check): {e}"
-        )),
-    }
-}
-
-pub async fn sandbox(cmd: SandboxCmd) -> anyhow::Result<ExitCode> {
-    let (handle, seeded) = match cmd {
-        SandboxCmd::Salesforce {
-            listen,
-            empty,
-            latency_ms,
-            api_limit,
-        } => {
-            let org = crate::sandbox::salesforce::Org::new();
-            org.set_latency(std::time::Duration::from_millis(latency_ms));
-            org.set_api_limit(api_limit);
-            let mut seeded = String::new();
-            if !empty {
-                for name in ["Engineering", "Sales", "Prospects"] {
-                    let mut r = crate::salesforce::Record::new();
-                    r.insert("Name".into(), serde_json::json!(name));
-                    let id = org
-                        .insert("Account", r)
-                        .map_err(|e| anyhow::anyhow!("{e}"))?;
-                    seeded.push_str(&format!("\n  Account {id} {name}"));
-                }
-            }
-            let (b, h) = org.serve(listen.parse()?).await?;
-            println!("Salesforce sandbox on http://{b} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
-            println!("  {latency_ms} ms per REST call; daily API limit {api_limit} (GET /services/data/v61.0/limits)");
-            (h, seeded)
-        }
-        SandboxCmd::Skillsync {
-            listen,
-            empty,
-            webhook_url,
-            webhook_secret,
-        } => {
-            let lms = crate::sandbox::skillsync::Lms::new();
-            let mut seeded = String::new();
-            if !empty {
-                for line in lms.seed_sample() {
-                    seeded.push_str(&format!("\n  {line}"));
-                }
-            }
-            if let Some(url) = &webhook_url {
-                let secret = webhook_secret.as_deref().unwrap_or_default();
-                lms.send_webhooks_to(url, secret)
-                    .map_err(|e| anyhow::anyhow!("--webhook-secret: {e}"))?;
-            }
-            let (b, h) = lms.serve(listen.parse()?).await?;
-            let token = lms.issue_token();
-            println!("SkillSync sandbox on http://{b} (client id sandbox-client, secret sandbox-secret); Ctrl-C to stop");
-            println!("  API token (no OAuth exchange needed): {token}");
-            println!("  add a learner:  curl -s -X POST http://{b}/api/v1/learners -H 'authorization: Bearer {token}' -H 'content-type: application/json' -d '{{\"username\": \"new@acme.example\", \"last_name\": \"New\", \"department_id\": \"43\"}}'");
-            println!("  list them:      curl -s 'http://{b}/api/v1/learners?department_id=43' -H 'authorization: Bearer {token}'");
-            match &webhook_url {
-                Some(url) => println!("  every write is also sent as a signed webhook to {url}"),
-                None => println!("  (--webhook-url URL --webhook-secret whsec_… also sends each write as a signed webhook)"),
-            }
-            (h, seeded)
-        }
-    };
-    if !seeded.is_empty() {
-        println!("seeded (--empty to start without):{seeded}");
-    }
-    wait_true(shutdown_signal()).await;
-    handle.abort();
-    Ok(ExitCode::SUCCESS)
 }

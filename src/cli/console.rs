@@ -21,9 +21,7 @@ fn actor(given: Option<String>) -> String {
 }
 
 async fn open_store(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
-    crate::store::open(settings.store.url.expose(), 2)
-        .await
-        .context("opening the state store (store.url)")
+    super::stores::open(settings).await
 }
 
 /// `syncback admin hash-password`: one line on stdin → its Argon2id PHC string.
@@ -70,7 +68,7 @@ pub async fn mapping(settings: Settings, cmd: MappingCmd) -> anyhow::Result<Exit
                     for e in errs {
                         eprintln!("✗ {}: {}", e.field, e.message);
                     }
-                    return Ok(ExitCode::from(2));
+                    return Ok(super::exit::code(super::exit::REJECTED));
                 }
             };
             let sf = crate::salesforce::Client::new(&settings.salesforce)?;
@@ -84,7 +82,7 @@ pub async fn mapping(settings: Settings, cmd: MappingCmd) -> anyhow::Result<Exit
                     for e in errs {
                         eprintln!("✗ {}: {}", e.field, e.message);
                     }
-                    Ok(ExitCode::from(2))
+                    Ok(super::exit::code(super::exit::REJECTED))
                 }
                 Err(e) => Err(e.into()),
             }

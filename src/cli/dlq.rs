@@ -28,7 +28,10 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 event_type: a.event_type,
                 ..Default::default()
             };
-            let all = q.dlq_list().await?;
+            let bar = spinner("reading the dead-letter queue");
+            let all = q.dlq_list().await;
+            bar.finish_and_clear();
+            let all = all?;
             let shown: Vec<&DeadLetter> = all.iter().filter(|d| filter.matches(d)).collect();
             if a.json {
                 for d in &shown {
@@ -49,7 +52,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 }
                 None => {
                     eprintln!("no dead letter with id {id}");
-                    Ok(ExitCode::from(3))
+                    Ok(super::exit::code(super::exit::NOT_FOUND))
                 }
             }
         }
@@ -85,12 +88,10 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 reason: a.reason,
                 ..Default::default()
             };
-            let count = q
-                .dlq_list()
-                .await?
-                .iter()
-                .filter(|d| filter.matches(d))
-                .count();
+            let bar = spinner("reading the dead-letter queue");
+            let listed = q.dlq_list().await;
+            bar.finish_and_clear();
+            let count = listed?.iter().filter(|d| filter.matches(d)).count();
             if count == 0 {
                 println!("nothing to purge");
                 return Ok(ExitCode::SUCCESS);
@@ -99,11 +100,26 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 println!("aborted");
                 return Ok(ExitCode::FAILURE);
             }
-            let n = q.dlq_purge(&filter).await?;
+            let bar = spinner(&format!("deleting {count} dead letters"));
+            let n = q.dlq_purge(&filter).await;
+            bar.finish_and_clear();
+            let n = n?;
             println!("purged {n} dead letters");
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A spinner on stderr (drawn only on a terminal) while a DLQ-wide call runs: the queue
+/// API reports no progress for listing and purging, so this shows the time it takes.
+fn spinner(what: &str) -> ProgressBar {
+    let b = ProgressBar::new_spinner();
+    b.set_style(
+        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("static template"),
+    );
+    b.set_message(what.to_string());
+    b.enable_steady_tick(std::time::Duration::from_millis(200));
+    b
 }
 
 fn confirm(prompt: &str) -> anyhow::Result<bool> {

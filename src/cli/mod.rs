@@ -9,18 +9,24 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::config::{LogFormat, Role, Settings};
 
 pub mod budget;
+mod check;
 mod commands;
 mod console;
 pub mod demo;
 mod dlq;
+pub mod exit;
+mod health;
 pub mod reconcile;
+mod sandbox;
 pub mod send;
+mod stores;
 
 #[derive(Debug, Parser)]
 #[command(
     name = "syncback",
     version,
-    about = "Keeps Salesforce Contacts in step with SkillSync Learners"
+    about = "Keeps Salesforce Contacts in step with SkillSync Learners",
+    after_help = exit::HELP
 )]
 pub struct Cli {
     /// TOML configuration file; every key can be overridden as SYNCBACK_SECTION__KEY.
@@ -83,11 +89,12 @@ pub enum Command {
         #[command(subcommand)]
         cmd: AdminCmd,
     },
-    /// Sync every in-scope learner in batches (for turning the sync on for an existing department).
     /// Find drift between SkillSync, the store and Salesforce, and repair it through the
-    /// same apply path as events. Exit code: 0 in sync (or all repaired), 2 drift remains,
-    /// 3 repairs failed.
+    /// same apply path as events. Exit code: 0 in sync (or all repaired), 6 drift remains,
+    /// 7 repairs failed.
     Reconcile(reconcile::ReconcileArgs),
+    /// Sync every in-scope learner in batches (for turning the sync on for an existing
+    /// department). Exit code 5 when some learners failed.
     Backfill {
         /// Print the plan without writing to Salesforce.
         #[arg(long)]
@@ -107,7 +114,10 @@ pub enum Command {
     /// Sign a sample event (or --file) with a webhook secret and post it to a receiver,
     /// as SkillSync would (try it against `demo --keep-running`).
     Send(send::SendArgs),
-    /// Serve a built-in sandbox over HTTP (for manual testing).
+    /// Probe this host's /healthz (or /readyz) as a container HEALTHCHECK would: the port
+    /// of worker.listen when set, else server.listen. Exit 0 when it answers 200.
+    Health(health::HealthArgs),
+    /// Serve a built-in sandbox over HTTP (for manual testing; needs no configuration).
     Sandbox {
         #[command(subcommand)]
         cmd: SandboxCmd,
@@ -137,7 +147,7 @@ pub struct DlqListArgs {
     /// Only this event type (e.g. learner.updated).
     #[arg(long = "type")]
     pub event_type: Option<String>,
-    /// JSON lines instead of a table.
+    /// JSON lines (one dead letter per line) instead of a table.
     #[arg(long)]
     pub json: bool,
 }
@@ -145,10 +155,13 @@ pub struct DlqListArgs {
 #[derive(Debug, Args)]
 #[command(group(clap::ArgGroup::new("which").required(true).args(["id", "all", "reason"])))]
 pub struct DlqReplayArgs {
+    /// Replay only the dead letter with this event (webhook) id.
     #[arg(long)]
     pub id: Option<String>,
+    /// Replay every dead letter.
     #[arg(long)]
     pub all: bool,
+    /// Replay only dead letters of this reason kind (e.g. account_not_found).
     #[arg(long)]
     pub reason: Option<String>,
     /// Show what would be replayed.
@@ -161,8 +174,10 @@ pub struct DlqPurgeArgs {
     /// Do not ask for confirmation.
     #[arg(long)]
     pub yes: bool,
+    /// Delete only dead letters of this reason kind (default: all of them).
     #[arg(long)]
     pub reason: Option<String>,
+    /// Delete only the dead letter with this event (webhook) id.
     #[arg(long)]
     pub id: Option<String>,
 }
@@ -171,7 +186,9 @@ pub struct DlqPurgeArgs {
 pub enum LearnerCmd {
     /// The learner's link, Contact, and last events with their outcomes.
     Status {
+        /// The SkillSync learner id.
         id: String,
+        /// The learner's state and events as one JSON document.
         #[arg(long)]
         json: bool,
         /// How many recent events to show.
@@ -180,17 +197,21 @@ pub enum LearnerCmd {
     },
     /// Fetch the learner's SkillSync snapshot and apply it through the normal rules now.
     Resync {
+        /// The SkillSync learner id.
         id: String,
+        /// Who to record in the audit log (default: $USER).
         #[arg(long)]
         actor: Option<String>,
     },
     /// Link the learner to a Contact (resolving `contact_ambiguous`), then replay its
     /// dead letters.
     Link {
+        /// The SkillSync learner id.
         id: String,
         /// The Salesforce Contact Id.
         #[arg(long)]
         contact: String,
+        /// Who to record in the audit log (default: $USER).
         #[arg(long)]
         actor: Option<String>,
     },
@@ -200,6 +221,7 @@ pub enum LearnerCmd {
 pub enum MappingCmd {
     /// Print the mapping in force (and its version in `console` mode).
     Show {
+        /// The mapping as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -258,6 +280,7 @@ impl From<RoleArg> for Role {
 pub enum SandboxCmd {
     /// Serve the Salesforce sandbox (credentials sandbox-client / sandbox-secret).
     Salesforce {
+        /// Address to serve on (0.0.0.0:8081 in a container).
         #[arg(long, default_value = "127.0.0.1:8081")]
         listen: String,
         /// Start without the sample Accounts (Engineering, Sales, Prospects).
@@ -272,6 +295,7 @@ pub enum SandboxCmd {
     },
     /// Serve the SkillSync sandbox (credentials sandbox-client / sandbox-secret).
     Skillsync {
+        /// Address to serve on (0.0.0.0:8082 in a container).
         #[arg(long, default_value = "127.0.0.1:8082")]
         listen: String,
         /// Start without the sample departments (42 Engineering → 43 Sales, 44 Research;
@@ -305,16 +329,33 @@ pub fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit::failure()
         }
+    }
+}
+
+/// Was a configuration file named (`--config`/`-c` or `SYNCBACK_CONFIG`)?
+fn config_named() -> bool {
+    std::env::args().any(|a| a == "--config" || a == "-c" || a.starts_with("--config="))
+        || std::env::var_os("SYNCBACK_CONFIG").is_some()
+}
+
+/// `demo` and `sandbox` bring their own configuration: a file named with `--config` is
+/// not read, and both say so the same way (an ambient `SYNCBACK_CONFIG`, as in the
+/// container image, is silently not used).
+fn note_config_unused(cli: &Cli, what: &str) {
+    let flag = std::env::args().any(|a| a == "--config" || a == "-c" || a.starts_with("--config="));
+    if flag {
+        eprintln!(
+            "note: `{what}` uses no configuration file; {} is not read",
+            cli.config.display()
+        );
     }
 }
 
 /// Load settings for a command (the file is optional: defaults + environment suffice).
 fn load(cli: &Cli) -> anyhow::Result<Settings> {
-    let explicit = std::env::args()
-        .any(|a| a == "--config" || a == "-c" || a.starts_with("--config="))
-        || std::env::var_os("SYNCBACK_CONFIG").is_some();
+    let explicit = config_named();
     if !explicit && !cli.config.exists() {
         eprintln!(
             "note: no {} here; using defaults and SYNCBACK_* environment variables (see deploy/syncback.example.toml)",
@@ -339,8 +380,18 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     {
         return console::hash_password();
     }
+    // The sandboxes need no configuration.
+    if let Command::Sandbox { .. } = &cli.command {
+        note_config_unused(&cli, "sandbox");
+        let Command::Sandbox { cmd } = cli.command else {
+            unreachable!()
+        };
+        crate::telemetry::init_logging(&crate::config::LogSettings::default());
+        return sandbox::sandbox(cmd).await;
+    }
     // The demo brings its own configuration.
     if let Command::Demo(args) = &cli.command {
+        note_config_unused(&cli, "demo");
         let mut log = crate::config::LogSettings::default();
         if matches!(cli.log_format, Some(LogFormatArg::Json)) {
             log.format = LogFormat::Json;
@@ -372,8 +423,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Config {
             cmd: ConfigCmd::Check { role, offline },
-        } => commands::config_check(settings, role.into(), offline).await,
-        Command::Sandbox { cmd } => commands::sandbox(cmd).await,
+        } => check::config_check(settings, role.into(), offline).await,
+        Command::Health(args) => health::run(&settings, &args).await,
+        Command::Sandbox { .. } => unreachable!("handled above"),
         Command::Send(args) => send::run(&settings, &args).await,
         Command::Reconcile(args) => reconcile::run(settings, args, None).await,
         Command::Demo(_) => unreachable!("handled above"),
@@ -388,6 +440,35 @@ mod tests {
     fn cli_shape_is_valid() {
         use clap::CommandFactory;
         Cli::command().debug_assert();
+    }
+
+    /// Every flag and argument of every subcommand says what it is in `--help`.
+    #[test]
+    fn every_argument_has_help_text() {
+        use clap::CommandFactory;
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let id = a.get_id().as_str();
+                if matches!(id, "help" | "version") || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (no about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "syncback", &mut missing);
+        assert!(missing.is_empty(), "no help text: {missing:#?}");
     }
 
     #[test]

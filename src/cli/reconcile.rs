@@ -43,9 +43,7 @@ pub async fn run(
     repair: Option<Arc<dyn RepairPort>>,
 ) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Backfill)?;
-    let store = crate::store::open(settings.store.url.expose(), settings.store.max_connections)
-        .await
-        .context("opening the state store (store.url)")?;
+    let store = super::stores::open(&settings).await?;
     // Bulk priority: the budget governor pauses reconcile before live events
     // (salesforce.max_api_share, README "Salesforce API budget").
     let sf = crate::salesforce::Client::new(&settings.salesforce)?
@@ -134,12 +132,12 @@ pub async fn execute(reconciler: &Reconciler, args: &ReconcileArgs) -> anyhow::R
     Ok(exit_code(&report))
 }
 
-/// 0: in sync; 2: drift remains; 3: repairs failed.
+/// 0: in sync; 6: drift remains; 7: repairs failed (README "Exit codes").
 pub fn exit_code(r: &Report) -> ExitCode {
     if !r.failures.is_empty() {
-        ExitCode::from(3)
+        super::exit::code(super::exit::REPAIRS_FAILED)
     } else if r.remaining() > 0 {
-        ExitCode::from(2)
+        super::exit::code(super::exit::DRIFT_REMAINS)
     } else {
         ExitCode::SUCCESS
     }

@@ -4,11 +4,50 @@ use std::net::SocketAddr;
 
 use super::{AccountRule, ConfigError, QueueBackend, Role, SalesforceAuth, Settings};
 
+/// Webhook secrets that are published (the vendor's documentation, this repository's
+/// examples and demo): anyone can sign events with them.
+pub const KNOWN_EXAMPLE_SECRETS: &[&str] = &[
+    // The vendor's documentation and `syncback demo`.
+    "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+    // The placeholder of deploy/ (example config, compose, Kubernetes Secret).
+    "whsec_PLACEHOLDERreplaceMEbyYOURsecret",
+];
+
+/// `key`: a URL with one of `schemes` and a host, or the problem.
+fn check_url(key: &str, value: &str, schemes: &[&str]) -> Option<String> {
+    match url::Url::parse(value) {
+        Err(e) => Some(format!(
+            "{key}: {value:?} is not a URL ({e}); expected e.g. {}://host",
+            schemes[0]
+        )),
+        Ok(u) if !schemes.contains(&u.scheme()) => Some(format!(
+            "{key}: {value:?} must be a {} URL",
+            schemes
+                .iter()
+                .map(|s| format!("{s}://"))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )),
+        Ok(u) if u.host_str().is_none_or(str::is_empty) => {
+            Some(format!("{key}: {value:?} has no host"))
+        }
+        Ok(_) => None,
+    }
+}
+
 impl Settings {
     /// Things that work but deserve the operator's attention (deprecated keys), printed by
     /// `config check` and logged at start-up.
     pub fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
+        for (i, s) in self.webhooks.secrets.iter().enumerate() {
+            if KNOWN_EXAMPLE_SECRETS.contains(&s.expose().trim()) {
+                w.push(format!(
+                    "WARNING webhooks.secrets[{i}] is a published example secret (deploy/ files, the demo, the vendor's documentation): \
+                     anyone can sign events this receiver accepts — generate your own in SkillSync and set it (SYNCBACK_WEBHOOKS__SECRETS)"
+                ));
+            }
+        }
         if let Some(t) = self.salesforce.api_usage_threshold {
             w.push(format!(
                 "salesforce.api_usage_threshold = {t} is no longer used: the budget governor slows and pauses calls by salesforce.max_api_share (now {}) — remove the key",
@@ -62,16 +101,23 @@ impl Settings {
         }
         if receives || works || role == Role::Dlq {
             if self.queue.backend == QueueBackend::Rabbitmq {
-                let amqp = |u: &str| u.starts_with("amqp://") || u.starts_with("amqps://");
-                if self.queue.urls.is_empty() && !amqp(self.queue.url.expose()) {
-                    errs.push("queue.url: must be an amqp:// or amqps:// URL".into());
+                // The value may carry a password: name the key, never print the URL.
+                let amqp = |key: String, u: &str| match url::Url::parse(u) {
+                    Ok(p) if ["amqp", "amqps"].contains(&p.scheme()) && p.host_str().is_some() => {
+                        None
+                    }
+                    Ok(_) => Some(format!(
+                        "{key}: must be an amqp:// or amqps:// URL with a host"
+                    )),
+                    Err(e) => Some(format!(
+                        "{key}: not a URL ({e}); expected amqp://user:password@host:5672/%2f"
+                    )),
+                };
+                if self.queue.urls.is_empty() {
+                    errs.extend(amqp("queue.url".into(), self.queue.url.expose()));
                 }
                 for (i, u) in self.queue.urls.iter().enumerate() {
-                    if !amqp(u.expose()) {
-                        errs.push(format!(
-                            "queue.urls[{i}]: must be an amqp:// or amqps:// URL"
-                        ));
-                    }
+                    errs.extend(amqp(format!("queue.urls[{i}]"), u.expose()));
                 }
                 if self.queue.quorum_initial_group_size == Some(0) {
                     errs.push("queue.quorum_initial_group_size: must be at least 1".into());
@@ -98,16 +144,34 @@ impl Settings {
         }
         if works || role == Role::Status {
             let u = self.store.url.expose();
-            if !(u.starts_with("sqlite:")
-                || u.starts_with("postgres://")
-                || u.starts_with("postgresql://"))
-            {
+            if u.starts_with("sqlite:") {
+                if u.trim_start_matches("sqlite:")
+                    .trim_start_matches("//")
+                    .is_empty()
+                {
+                    errs.push("store.url: names no SQLite file (e.g. sqlite://syncback.db)".into());
+                }
+            } else if u.starts_with("postgres://") || u.starts_with("postgresql://") {
+                match url::Url::parse(u) {
+                    Ok(p) if p.host_str().is_some_and(|h| !h.is_empty()) => {}
+                    // Never print the value: it may carry a password.
+                    _ => {
+                        errs.push("store.url: not a valid postgres://user@host:5432/db URL".into())
+                    }
+                }
+            } else {
                 errs.push("store.url: must start with sqlite:// or postgres://".into());
             }
         }
         if works {
             if self.salesforce.login_url.is_empty() {
                 errs.push("salesforce.login_url is required".into());
+            } else {
+                errs.extend(check_url(
+                    "salesforce.login_url",
+                    &self.salesforce.login_url,
+                    &["https", "http"],
+                ));
             }
             if self.salesforce.client_id.is_empty() {
                 errs.push("salesforce.client_id is required".into());
@@ -147,6 +211,12 @@ impl Settings {
             }
             if self.skillsync.base_url.is_empty() {
                 errs.push("skillsync.base_url is required".into());
+            } else {
+                errs.extend(check_url(
+                    "skillsync.base_url",
+                    &self.skillsync.base_url,
+                    &["https", "http"],
+                ));
             }
             if self.worker.concurrency == 0 {
                 errs.push("worker.concurrency must be ≥ 1".into());

@@ -19,7 +19,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use admin::{AdminSettings, AdminUser, ManagedBy};
-pub use check::{is_api_name, is_sf_id};
+pub use check::{is_api_name, is_sf_id, KNOWN_EXAMPLE_SECRETS};
+pub use load::did_you_mean;
 pub use reconcile::*;
 pub use sections::*;
 
@@ -86,8 +87,10 @@ pub enum Role {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("configuration could not be read: {0}")]
-    Load(#[from] Box<figment::Error>),
+    /// The file or the environment could not be read into the settings: one line per
+    /// problem, each naming its place (`file:line` or the variable) and key.
+    #[error("configuration could not be read:\n  - {}", .0.join("\n  - "))]
+    Read(Vec<String>),
     #[error("configuration is invalid:\n  - {}", .0.join("\n  - "))]
     Invalid(Vec<String>),
 }

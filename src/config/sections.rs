@@ -4,6 +4,25 @@ use serde::{Deserialize, Serialize};
 
 use super::Secret;
 
+/// A string key that also takes a number: `SYNCBACK_SYNC__SOURCE_DEPARTMENT_ID=42` reaches
+/// serde as the integer 42, `api_version = 61.0` as a float.
+pub(crate) fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Lenient {
+        Text(String),
+        Unsigned(u64),
+        Signed(i64),
+        Float(f64),
+    }
+    Ok(match Lenient::deserialize(d)? {
+        Lenient::Text(s) => s,
+        Lenient::Unsigned(n) => n.to_string(),
+        Lenient::Signed(n) => n.to_string(),
+        Lenient::Float(f) => format!("{f:?}"),
+    })
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
@@ -149,12 +168,14 @@ pub enum SalesforceAuth {
 pub struct SalesforceSettings {
     pub login_url: String,
     pub auth: SalesforceAuth,
+    #[serde(deserialize_with = "lenient_string")]
     pub client_id: String,
     pub client_secret: Secret,
     /// JWT bearer: the Salesforce username the token is for (`sub`).
     pub username: String,
     /// JWT bearer: PEM file of the connected app's RSA private key.
     pub private_key_path: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub api_version: String,
     /// Per-call timeout.
     pub timeout_secs: u64,
@@ -194,6 +215,7 @@ impl Default for SalesforceSettings {
 #[serde(default, deny_unknown_fields)]
 pub struct SkillSyncSettings {
     pub base_url: String,
+    #[serde(deserialize_with = "lenient_string")]
     pub client_id: String,
     pub client_secret: Secret,
     pub timeout_secs: u64,
@@ -237,6 +259,7 @@ pub struct SyncSettings {
     /// R1 Inbound Learner Sync toggle.
     pub enabled: bool,
     /// R2 Source Department ID (validated against SkillSync).
+    #[serde(deserialize_with = "lenient_string")]
     pub source_department_id: String,
     /// R3.
     pub scope: Scope,

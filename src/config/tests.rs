@@ -178,3 +178,112 @@ fn max_api_share_is_a_share_and_the_old_threshold_is_a_warning() {
         "{w:?}"
     );
 }
+
+#[test]
+fn every_unknown_key_is_one_line_with_file_line_and_a_suggestion() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("typo.toml");
+    std::fs::write(
+        &path,
+        "[webhooks]\nsecrets = []\ntolerance_sec = 300\n[sync]\nscoop = 1\n[sync.field_map]\nAnyField__c = \"email\"\n",
+    )
+    .unwrap();
+    let err = Settings::load(&path, true).unwrap_err();
+    let ConfigError::Read(lines) = &err else {
+        panic!("{err}")
+    };
+    let p = path.display();
+    assert_eq!(
+        lines,
+        &vec![
+            format!(
+                "{p}:3: unknown key `tolerance_sec` in [webhooks] — did you mean `tolerance_secs`?"
+            ),
+            format!("{p}:5: unknown key `scoop` in [sync] — did you mean `scope`?"),
+        ],
+        "{err}"
+    );
+    let text = err.to_string();
+    assert!(!text.contains("default."), "{text}");
+    assert_eq!(text.matches("tolerance_sec`").count(), 1, "{text}");
+}
+
+#[test]
+fn a_bad_value_names_its_line_and_key_and_suggests_a_variant() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[sync]\nenabled = false\nscope = \"department\"\n").unwrap();
+    let err = Settings::load(&path, true).unwrap_err().to_string();
+    assert!(
+        err.contains(&format!(
+            "{}:3: sync.scope: \"department\" is not one of",
+            path.display()
+        )) && err.contains("did you mean \"department_only\"?"),
+        "{err}"
+    );
+}
+
+#[test]
+fn urls_are_parsed_statically_naming_the_key() {
+    let mut s = Settings::from_toml(
+        r#"
+[salesforce]
+login_url = "not a url"
+client_id = "x"
+client_secret = "y"
+[skillsync]
+base_url = "ftp://skillsync.example"
+[store]
+url = "postgres://"
+[queue]
+url = "amqp//missing-colon"
+"#,
+    )
+    .unwrap();
+    let err = s.validate_for(Role::Work).unwrap_err().to_string();
+    for want in [
+        "salesforce.login_url: \"not a url\" is not a URL",
+        "skillsync.base_url: \"ftp://skillsync.example\" must be a https:// or http:// URL",
+        "store.url: not a valid postgres://",
+        "queue.url: not a URL",
+    ] {
+        assert!(err.contains(want), "{want}\n{err}");
+    }
+    s.salesforce.login_url = "https://login.salesforce.com".into();
+    s.skillsync.base_url = "https://acme.skillsync.example".into();
+    s.store.url = Secret::new("sqlite://x.db");
+    s.queue.url = Secret::new("amqp://u:p@rabbit:5672/%2f");
+    s.validate_for(Role::Work).unwrap();
+}
+
+#[test]
+fn a_published_example_secret_is_a_loud_warning() {
+    for secret in KNOWN_EXAMPLE_SECRETS {
+        let s = Settings::from_toml(&format!("[webhooks]\nsecrets = [\"{secret}\"]\n")).unwrap();
+        let w = s.warnings().join("\n");
+        assert!(
+            w.contains("WARNING webhooks.secrets[0] is a published example secret"),
+            "{secret}: {w}"
+        );
+        // Both are valid secrets (the stack runs with them), only flagged.
+        crate::webhook::signature::decode_secret(secret).unwrap();
+    }
+    let own = Settings::from_toml("[webhooks]\nsecrets = [\"whsec_b3duIHNlY3JldA==\"]\n").unwrap();
+    assert!(own.warnings().is_empty());
+}
+
+#[test]
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn id_keys_take_numbers_from_the_environment() {
+    figment::Jail::expect_with(|jail| {
+        jail.set_env("SYNCBACK_SYNC__SOURCE_DEPARTMENT_ID", "42");
+        jail.set_env("SYNCBACK_SKILLSYNC__CLIENT_ID", "1001");
+        jail.set_env("SYNCBACK_SALESFORCE__API_VERSION", "61.0");
+        let s = Settings::load(Path::new("/nonexistent/syncback.toml"), false)
+            .map_err(|e| e.to_string())?;
+        assert_eq!(s.sync.source_department_id, "42");
+        assert_eq!(s.skillsync.client_id, "1001");
+        assert_eq!(s.salesforce.api_version, "61.0");
+        Ok(())
+    });
+}
