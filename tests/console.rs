@@ -374,6 +374,31 @@ password_hash = "{hash}"
             .any(|w| w.mapping_version == Some(2))
     })
     .await;
+    // ... and applies it: a signed event lands its Contact under the picked Account, with
+    // no restart of the worker.
+    let now = Utc::now();
+    let l1 = learner_json(
+        "L1",
+        "l1@example.com",
+        "One",
+        ("42", "Engineering"),
+        "active",
+        now,
+    );
+    // SkillSync has the learner too (reconcile and Re-sync read its snapshot).
+    w.lms
+        .upsert_learner(serde_json::from_value(l1.clone()).unwrap());
+    let env = envelope("evt_c1", "learner.created", now, json!({"learner": l1}));
+    assert_eq!(post_event(&http, &hook, &env).await, 202);
+    eventually(
+        20,
+        "L1's Contact under Prospects (rule A, picked)",
+        || async {
+            contact_of(&w, "l1@example.com")
+                .is_some_and(|r| r.get("AccountId") == Some(&json!(prospects)))
+        },
+    )
+    .await;
 
     // Back to rule B (Account named like the department) for the dead-letter part.
     c.goto(&format!("{base}/mapping")).await.unwrap();
@@ -396,6 +421,9 @@ password_hash = "{hash}"
         "active",
         now,
     );
+    // SkillSync has the learner too (reconcile and Re-sync read its snapshot).
+    w.lms
+        .upsert_learner(serde_json::from_value(l2.clone()).unwrap());
     let env = envelope("evt_c2", "learner.created", now, json!({"learner": l2}));
     assert_eq!(post_event(&http, &hook, &env).await, 202);
     c.goto(&format!("{base}/dlq?reason=account_not_found"))
@@ -457,6 +485,9 @@ password_hash = "{hash}"
         "active",
         now,
     );
+    // SkillSync has the learner too (reconcile and Re-sync read its snapshot).
+    w.lms
+        .upsert_learner(serde_json::from_value(l3.clone()).unwrap());
     let env = envelope("evt_c3", "learner.created", now, json!({"learner": l3}));
     assert_eq!(post_event(&http, &hook, &env).await, 202);
     c.goto(&format!("{base}/learners?q=L3")).await.unwrap();
@@ -470,6 +501,11 @@ password_hash = "{hash}"
         c.goto(&format!("{base}/learners/L3")).await.unwrap();
     }
     shot(c, "08-learner-ambiguous").await;
+    // Found by its username although no Contact carries it (its dead letter does).
+    c.goto(&format!("{base}/learners?q=L3@Example.com"))
+        .await
+        .unwrap();
+    assert_eq!(c.current_url().await.unwrap().path(), "/learners/L3");
     c.goto(&format!("{base}/resolve/evt_c3")).await.unwrap();
     assert!(body(c).await.contains(&first));
     shot(c, "09-resolve").await;
