@@ -27,6 +27,7 @@ use syncback::sandbox::salesforce::Org;
 use syncback::sandbox::skillsync::Lms;
 use syncback::skillsync::scope::ScopeResolver;
 use syncback::store::{LearnerState, LinkState};
+use syncback::sync::reconcile::wiring::EngineRepair;
 use syncback::sync::reconcile::{PassKind, Reconciler, Selection};
 use syncback::sync::rules;
 
@@ -162,19 +163,31 @@ async fn rig(n: usize, latency: Duration) -> Rig {
         .unwrap(),
     );
     let counter = sf.clone();
+    let sf: Arc<dyn syncback::salesforce::SalesforceApi> = Arc::new(sf);
+    let scope = Arc::new(ScopeResolver::new(
+        ss.clone(),
+        "42",
+        Scope::WithSubdepartments,
+        Duration::from_secs(300),
+    ));
+    // A real repair run: any drift would be repaired through Engine::apply.
+    let engine = Arc::new(syncback::sync::Engine::new(
+        syncback::sync::SettingsHandle::fixed(s.clone()),
+        sf.clone(),
+        ss.clone(),
+        scope.clone(),
+        store.clone(),
+        Duration::from_secs(300),
+        Duration::from_secs(30),
+    ));
     let reconciler = Reconciler {
         sync: s,
         settings: ReconcileSettings::default(),
-        sf: Arc::new(sf),
-        ss: ss.clone(),
-        scope: Arc::new(ScopeResolver::new(
-            ss,
-            "42",
-            Scope::WithSubdepartments,
-            Duration::from_secs(300),
-        )),
+        sf,
+        ss,
+        scope,
         store,
-        repair: None,
+        repair: Some(Arc::new(EngineRepair { engine })),
         sf_calls: Some(Arc::new(move || counter.total_calls())),
     };
     Rig {
@@ -241,15 +254,22 @@ fn main() {
             started.elapsed().as_secs_f64(),
         );
 
-        // 2. The batched full pass over everyone.
+        // 2. The batched full pass over everyone: a repair run (not a dry run) that finds
+        // nothing and so writes nothing — no Salesforce write, no outcome.
         let rep = r
             .reconciler
-            .run(&Selection::All { department: None }, PassKind::Full, true, &|_| {})
+            .run(&Selection::All { department: None }, PassKind::Full, false, &|_| {})
             .await
             .unwrap();
         assert_eq!(rep.learners as usize, n);
         assert!(rep.drifts.is_empty(), "drift in a clean org: {:?}", &rep.drifts[..rep.drifts.len().min(3)]);
         assert_eq!(writes(&r.org), 0, "reconcile wrote to Salesforce");
+        for id in r.ids.iter().step_by((n / 20).max(1)) {
+            assert!(
+                r.reconciler.store.history(id, 1).await.unwrap().is_empty(),
+                "reconcile recorded an outcome for {id}"
+            );
+        }
         line(
             "reconcile: link scan + IN queries",
             n,

@@ -374,6 +374,31 @@ password_hash = "{hash}"
             .any(|w| w.mapping_version == Some(2))
     })
     .await;
+    // ... and applies it: a signed event lands its Contact under the picked Account, with
+    // no restart of the worker.
+    let now = Utc::now();
+    let l1 = learner_json(
+        "L1",
+        "l1@example.com",
+        "One",
+        ("42", "Engineering"),
+        "active",
+        now,
+    );
+    // SkillSync has the learner too (reconcile and Re-sync read its snapshot).
+    w.lms
+        .upsert_learner(serde_json::from_value(l1.clone()).unwrap());
+    let env = envelope("evt_c1", "learner.created", now, json!({"learner": l1}));
+    assert_eq!(post_event(&http, &hook, &env).await, 202);
+    eventually(
+        20,
+        "L1's Contact under Prospects (rule A, picked)",
+        || async {
+            contact_of(&w, "l1@example.com")
+                .is_some_and(|r| r.get("AccountId") == Some(&json!(prospects)))
+        },
+    )
+    .await;
 
     // Back to rule B (Account named like the department) for the dead-letter part.
     c.goto(&format!("{base}/mapping")).await.unwrap();
@@ -396,6 +421,9 @@ password_hash = "{hash}"
         "active",
         now,
     );
+    // SkillSync has the learner too (reconcile and Re-sync read its snapshot).
+    w.lms
+        .upsert_learner(serde_json::from_value(l2.clone()).unwrap());
     let env = envelope("evt_c2", "learner.created", now, json!({"learner": l2}));
     assert_eq!(post_event(&http, &hook, &env).await, 202);
     c.goto(&format!("{base}/dlq?reason=account_not_found"))
@@ -457,6 +485,9 @@ password_hash = "{hash}"
         "active",
         now,
     );
+    // SkillSync has the learner too (reconcile and Re-sync read its snapshot).
+    w.lms
+        .upsert_learner(serde_json::from_value(l3.clone()).unwrap());
     let env = envelope("evt_c3", "learner.created", now, json!({"learner": l3}));
     assert_eq!(post_event(&http, &hook, &env).await, 202);
     c.goto(&format!("{base}/learners?q=L3")).await.unwrap();
@@ -470,6 +501,11 @@ password_hash = "{hash}"
         c.goto(&format!("{base}/learners/L3")).await.unwrap();
     }
     shot(c, "08-learner-ambiguous").await;
+    // Found by its username although no Contact carries it (its dead letter does).
+    c.goto(&format!("{base}/learners?q=L3@Example.com"))
+        .await
+        .unwrap();
+    assert_eq!(c.current_url().await.unwrap().path(), "/learners/L3");
     c.goto(&format!("{base}/resolve/evt_c3")).await.unwrap();
     assert!(body(c).await.contains(&first));
     shot(c, "09-resolve").await;
@@ -527,4 +563,79 @@ password_hash = "{hash}"
     assert!(c.current_url().await.unwrap().path().starts_with("/login"));
     let _ = b.client.clone().close().await;
     drop_queues(&s);
+}
+
+/// `demo --keep-running` serves the console too, printing its URL and a demo login that
+/// works (login form: `username`, `password` and the form's CSRF token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn demo_keep_running_serves_the_console_with_a_demo_login() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+        .args(["demo", "--keep-running"])
+        .current_dir(dir.path())
+        .env("TMPDIR", dir.path())
+        .env_remove("SYNCBACK_CONFIG")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let line = tokio::task::spawn_blocking(move || {
+        BufReader::new(stdout)
+            .lines()
+            .map(Result::unwrap)
+            .find(|l| l.trim_start().starts_with("console "))
+    })
+    .await
+    .unwrap()
+    .expect("demo prints the console line");
+    // "  console     http://127.0.0.1:PORT/  (sign in as admin / syncback-demo: …"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let (url, user, password) = (words[1], words[5], words[7].trim_end_matches(':'));
+    assert!(url.starts_with("http://127.0.0.1:"), "{line}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let cookie = |r: &reqwest::Response, name: &str| {
+        r.headers()
+            .get_all("set-cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with(&format!("{name}=")))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string)
+            .unwrap_or_else(|| panic!("no {name} cookie"))
+    };
+    let r = http.get(format!("{url}login")).send().await.unwrap();
+    let login_cookie = cookie(&r, "syncback_login");
+    let page = r.text().await.unwrap();
+    let csrf = page
+        .split(r#"name="csrf" value=""#)
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .expect("the login form's CSRF token")
+        .to_string();
+    let r = http
+        .post(format!("{url}login"))
+        .header("cookie", &login_cookie)
+        .form(&[("username", user), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["location"], "/overview", "{line}");
+    let session = cookie(&r, "syncback_session");
+    let r = http
+        .get(format!("{url}dlq"))
+        .header("cookie", &session)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.text().await.unwrap().contains("Dead letters"));
+    let _ = std::process::Command::new("kill")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
 }

@@ -30,6 +30,7 @@ use crate::store::Store;
 pub mod actions;
 pub mod auth;
 mod dlq;
+mod learners;
 pub mod mapping;
 mod pages;
 mod views;
@@ -110,14 +111,14 @@ pub fn router(console: Console) -> Router {
         .route("/dlq/event/{id}", get(dlq::show))
         .route("/dlq/action", post(dlq::action))
         .route("/dlq/jobs/{id}", get(dlq::job))
-        .route("/learners", get(pages::learners))
-        .route("/learners/{id}", get(pages::learner))
-        .route("/learners/{id}/resync", post(pages::learner_resync))
+        .route("/learners", get(learners::learners))
+        .route("/learners/{id}", get(learners::learner))
+        .route("/learners/{id}/resync", post(learners::learner_resync))
         .route(
             "/resolve/{event_id}",
-            get(pages::resolve).post(pages::resolve_link),
+            get(learners::resolve).post(learners::resolve_link),
         )
-        .route("/audit", get(pages::audit))
+        .route("/audit", get(learners::audit))
         .route("/logout", post(logout))
         .layer(middleware::from_fn_with_state(console.clone(), guard));
     Router::new()

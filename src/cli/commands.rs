@@ -317,9 +317,14 @@ pub async fn work(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCod
     else {
         return Ok(ExitCode::SUCCESS);
     };
-    let (effective, _mapping) =
-        console_duties(&settings, &store, &queue, "work", &shutdown).await?;
-    let engine = crate::worker::engine_from_settings(&effective, store.clone()).await?;
+    let (effective, mapping) = console_duties(&settings, &store, &queue, "work", &shutdown).await?;
+    let engine = crate::sync::reconcile::wiring::engine_for_process(
+        &effective,
+        store.clone(),
+        mapping,
+        shutdown.clone(),
+    )
+    .await?;
     spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     worker.run(shutdown).await?;
@@ -350,8 +355,14 @@ pub async fn run_all(settings: Settings, args: StartArgs) -> anyhow::Result<Exit
         server.await??;
         return Ok(ExitCode::SUCCESS);
     };
-    let (effective, _mapping) = console_duties(&settings, &store, &queue, "run", &shutdown).await?;
-    let engine = crate::worker::engine_from_settings(&effective, store.clone()).await?;
+    let (effective, mapping) = console_duties(&settings, &store, &queue, "run", &shutdown).await?;
+    let engine = crate::sync::reconcile::wiring::engine_for_process(
+        &effective,
+        store.clone(),
+        mapping,
+        shutdown.clone(),
+    )
+    .await?;
     spawn_housekeeping(&settings, &store, &shutdown);
     let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));

@@ -174,3 +174,33 @@ pub async fn learner_link(
     println!("learner {id} linked to Contact {contact}; {n} dead letters replayed");
     Ok(ExitCode::SUCCESS)
 }
+
+/// The demo's login for the console `syncback demo --keep-running` serves.
+pub const DEMO_USER: &str = "admin";
+pub const DEMO_PASSWORD: &str = "syncback-demo";
+
+/// Serve the console for `demo --keep-running` on a free local port (until `shutdown`),
+/// with the one demo login; returns its URL.
+pub async fn serve_demo_console(
+    settings: &Settings,
+    store: Arc<dyn Store>,
+    queue: Arc<dyn crate::queue::Queue>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<String> {
+    let mut s = settings.clone();
+    s.admin.listen = "127.0.0.1:0".into();
+    s.admin.users = vec![crate::config::AdminUser {
+        name: DEMO_USER.into(),
+        password_hash: crate::config::Secret::new(auth::hash_password(DEMO_PASSWORD)?),
+    }];
+    let console = crate::admin::Console::new(&s, store, queue)?;
+    let listener = tokio::net::TcpListener::bind(&s.admin.listen)
+        .await
+        .context("binding the demo console")?;
+    let url = format!("http://{}/", listener.local_addr()?);
+    let mut stop = shutdown;
+    tokio::spawn(crate::admin::serve(listener, console, async move {
+        let _ = stop.wait_for(|v| *v).await;
+    }));
+    Ok(url)
+}

@@ -44,6 +44,12 @@ pub async fn run(
 ) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Backfill)?;
     let store = super::stores::open(&settings).await?;
+    // The mapping in force (`sync.managed_by = "console"`: the store's newest version).
+    let mut settings = settings;
+    settings.sync = crate::admin::mapping::for_process(store.as_ref(), &settings.sync)
+        .await
+        .context("reading the mapping in force")?
+        .0;
     // Bulk priority: the budget governor pauses reconcile before live events
     // (salesforce.max_api_share, README "Salesforce API budget").
     let sf = crate::salesforce::Client::new(&settings.salesforce)?
@@ -59,10 +65,31 @@ pub async fn run(
         anyhow::anyhow!("refusing to reconcile: source department is not valid (R2): {e}")
     })?;
     let counter = sf.clone();
+    let sf: Arc<dyn crate::salesforce::SalesforceApi> = Arc::new(sf);
+    // Repairs go through the one apply path the events use (every rule, the per-learner
+    // lease, the outcome history).
+    let repair = match repair {
+        Some(r) => Some(r),
+        None if args.dry_run => None,
+        None => {
+            let engine = crate::sync::Engine::new(
+                crate::sync::SettingsHandle::fixed(settings.sync.clone()),
+                sf.clone(),
+                ss.clone(),
+                scope.clone(),
+                store.clone(),
+                Duration::from_secs(settings.salesforce.account_cache_ttl_secs),
+                Duration::from_secs(settings.worker.lease_ttl_secs),
+            );
+            Some(Arc::new(crate::sync::reconcile::wiring::EngineRepair {
+                engine: Arc::new(engine),
+            }) as Arc<dyn RepairPort>)
+        }
+    };
     let reconciler = Reconciler {
         sync: settings.sync.clone(),
         settings: settings.reconcile.clone(),
-        sf: Arc::new(sf),
+        sf,
         ss,
         scope,
         store,

@@ -107,7 +107,7 @@ impl Origin {
     pub fn describe(&self) -> String {
         match self {
             Origin::Reconcile { detail } if !detail.is_empty() => {
-                format!("reconcile ({detail})")
+                format!("reconciled: {detail}")
             }
             other => other.as_str().to_string(),
         }

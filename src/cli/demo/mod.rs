@@ -246,6 +246,13 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
             .lms
             .send_webhooks_to(&hook, DEMO_SECRET)
             .map_err(|e| anyhow::anyhow!(e))?;
+        let console = super::console::serve_demo_console(
+            &demo.settings,
+            demo.store.clone(),
+            demo.queue.clone(),
+            stop.clone(),
+        )
+        .await?;
         report::keep_running(&report::Running {
             world: &demo.world,
             receiver: &hook,
@@ -255,6 +262,7 @@ pub async fn run(args: &DemoArgs) -> anyhow::Result<DemoReport> {
             config: &config,
             tmp: tmp.path(),
             settings: &demo.settings,
+            console: &console,
         })?;
         let _ = stop.wait_for(|v| *v).await;
         println!("stopping; removing {}", tmp.path().display());

@@ -180,6 +180,8 @@ pub struct Running<'a> {
     pub config: &'a Path,
     pub tmp: &'a Path,
     pub settings: &'a Settings,
+    /// The console's URL.
+    pub console: &'a str,
 }
 
 pub fn keep_running(r: &Running) -> anyhow::Result<()> {
@@ -234,6 +236,12 @@ pub fn keep_running(r: &Running) -> anyhow::Result<()> {
         s.match_field
     );
     println!("  settings    {cfg}");
+    println!(
+        "  console     {}  (sign in as {} / {}: dead letters, learners, resolve, audit log; the mapping is read-only here)",
+        r.console,
+        crate::cli::console::DEMO_USER,
+        crate::cli::console::DEMO_PASSWORD
+    );
     println!("\nSend a signed sample event (learner L100 joins Sales):");
     println!(
         "  syncback send --config {cfg} --type learner.created --learner L100 --department 43"

@@ -20,7 +20,7 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::salesforce::soql;
-use crate::sync::rules;
+use crate::sync::{rules, SettingsHandle};
 use crate::telemetry;
 
 use super::pass::{PassKind, Reconciler, Selection};
@@ -126,8 +126,13 @@ impl Reconciler {
 }
 
 /// Run the background reconciler until `shutdown` turns true. Returns at once when
-/// `reconcile.interval_secs = 0`.
-pub async fn run(reconciler: Arc<Reconciler>, mut shutdown: watch::Receiver<bool>) {
+/// `reconcile.interval_secs = 0`. With `mapping`, every tick uses the mapping in force
+/// (`sync.managed_by = "console"`).
+pub async fn run(
+    reconciler: Arc<Reconciler>,
+    mapping: Option<SettingsHandle>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let s = reconciler.settings.clone();
     if s.interval_secs == 0 {
         info!("reconcile.interval_secs = 0: continuous reconcile is off");
@@ -149,6 +154,16 @@ pub async fn run(reconciler: Arc<Reconciler>, mut shutdown: watch::Receiver<bool
             _ = tokio::time::sleep(tick) => {}
             _ = shutdown.wait_for(|v| *v) => break,
         }
+        let current;
+        let reconciler = match &mapping {
+            Some(m) => {
+                let mut r = (*reconciler).clone();
+                r.sync = (*m.current()).clone();
+                current = r;
+                &current
+            }
+            _ => reconciler.as_ref(),
+        };
         match reconciler.lease(&holder, ttl).await {
             Ok(true) => {}
             Ok(false) => continue, // another process reconciles

@@ -242,7 +242,7 @@ fn field_drift_names_the_field_and_both_values() {
     assert_eq!(f.field.as_deref(), Some("LastName"));
     assert_eq!(f.salesforce, Some(json!("Smyth")));
     assert_eq!(f.expected, Some(json!("Smith")));
-    assert_eq!(f.line(), r#"field_drift: LastName "Smyth" → "Smith""#);
+    assert_eq!(f.line(), r#"field_drift LastName "Smyth" → "Smith""#);
 }
 
 #[test]

@@ -17,6 +17,7 @@ pub mod continuous;
 pub mod diff;
 pub mod load;
 pub mod pass;
+pub mod wiring;
 
 pub use pass::{PassKind, Reconciler, Report, Selection};
 
@@ -127,9 +128,10 @@ impl Drift {
         self
     }
 
-    /// `kind field "sf" → "expected"` — the line `learner status` shows for a repair.
+    /// `kind field "sf" → "expected"` — what the outcome of a repair records, so
+    /// `learner status` shows `reconciled: field_drift LastName "Smyth" → "Smith"`.
     pub fn line(&self) -> String {
-        format!("{}: {}", self.kind, self.detail)
+        format!("{} {}", self.kind, self.detail)
     }
 }
 

@@ -147,6 +147,7 @@ impl Report {
     }
 }
 
+#[derive(Clone)]
 pub struct Reconciler {
     pub sync: SyncSettings,
     pub settings: ReconcileSettings,
