@@ -31,6 +31,9 @@ pub struct Options {
     pub mapping: Option<SettingsHandle>,
     /// With sync enabled, refuse an unknown or unvalidated source department (R2).
     pub validate_source: bool,
+    /// Mark a learner uncertain when a Salesforce write to its records ends without an
+    /// answer (`work`/`run`: reconcile re-verifies it).
+    pub mark_uncertain: bool,
 }
 
 impl Default for Options {
@@ -39,6 +42,7 @@ impl Default for Options {
             priority: Priority::Live,
             mapping: None,
             validate_source: true,
+            mark_uncertain: false,
         }
     }
 }
@@ -76,11 +80,20 @@ pub async fn build(
             warn!("sync.enabled = false: events are recorded as skipped, nothing is written to Salesforce (R1)");
         }
     }
+    let sf: Arc<dyn crate::salesforce::SalesforceApi> = if options.mark_uncertain {
+        Arc::new(crate::sync::reconcile::wiring::UncertainMarker {
+            inner: Arc::new(salesforce.clone()),
+            store: store.clone(),
+            link_field: settings.sync.link_field.clone(),
+        })
+    } else {
+        Arc::new(salesforce.clone())
+    };
     let engine = Arc::new(Engine::new(
         options
             .mapping
             .unwrap_or_else(|| SettingsHandle::fixed(settings.sync.clone())),
-        Arc::new(salesforce.clone()),
+        sf,
         skillsync.clone(),
         scope.clone(),
         store,

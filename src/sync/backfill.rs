@@ -192,6 +192,7 @@ pub async fn run_from_settings(
             priority: crate::salesforce::Priority::Bulk,
             mapping: None,
             validate_source: false,
+            mark_uncertain: false,
         },
     )
     .await?;

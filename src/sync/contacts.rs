@@ -266,7 +266,6 @@ impl Engine {
                     // A Contact deleted meanwhile carries no link any more (R9).
                     RecordResult::Saved(_) | RecordResult::NotFound => {}
                     RecordResult::Failed(e) => {
-                        self.note_failure(work, *i, &e).await;
                         errors.entry(*i).or_insert(e.into_step());
                     }
                 }
@@ -312,7 +311,6 @@ impl Engine {
                     }
                     RecordResult::Failed(e) => {
                         let e = self.account_failure(r, e);
-                        self.note_failure(work, *i, &e).await;
                         errors.insert(*i, e.into_step());
                     }
                 }
@@ -343,7 +341,6 @@ impl Engine {
                     }
                     RecordResult::Failed(e) => {
                         let e = self.account_failure(r, e);
-                        self.note_failure(work, *i, &e).await;
                         errors.insert(*i, e.into_step());
                     }
                 }
@@ -428,18 +425,6 @@ impl Engine {
                 ))
             }
             other => other,
-        }
-    }
-
-    /// A write that timed out may still land: mark the learner for reconcile to re-verify.
-    async fn note_failure(&self, work: &[Work], i: usize, e: &RecordError) {
-        if let (RecordError::Transient(t), Work::Learner(lw)) = (e, &work[i]) {
-            if t.to_string().contains("TIMEOUT") {
-                let _ = self
-                    .store
-                    .mark_uncertain(&lw.learner.id, "a Salesforce write timed out")
-                    .await;
-            }
         }
     }
 

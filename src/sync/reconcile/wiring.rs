@@ -13,9 +13,7 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::Context;
 use async_trait::async_trait;
 use serde_json::Value;
 use tokio::sync::watch;
@@ -25,7 +23,6 @@ use super::pass::{RepairPort, RepairRequest};
 use super::Reconciler;
 use crate::config::Settings;
 use crate::salesforce::{Describe, Record, SalesforceApi, SaveResult, SfError, UpsertResult};
-use crate::skillsync::scope::ScopeResolver;
 use crate::store::Store;
 use crate::sync::item::{Children, Item, Origin, SnapshotItem};
 use crate::sync::outcome::OutcomeClass;
@@ -260,39 +257,17 @@ pub async fn engine_for_process(
     mapping: SettingsHandle,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<Arc<Engine>> {
-    let client =
-        crate::salesforce::Client::new(&settings.salesforce).context("Salesforce client")?;
-    let calls = client.clone();
-    let sf: Arc<dyn SalesforceApi> = Arc::new(UncertainMarker {
-        inner: Arc::new(client),
-        store: store.clone(),
-        link_field: settings.sync.link_field.clone(),
-    });
-    let ss =
-        Arc::new(crate::skillsync::Client::new(&settings.skillsync).context("SkillSync client")?);
-    let scope = Arc::new(ScopeResolver::new(
-        ss.clone(),
-        &settings.sync.source_department_id,
-        settings.sync.scope,
-        Duration::from_secs(settings.skillsync.department_cache_ttl_secs),
-    ));
-    if settings.sync.enabled {
-        let dept = scope.validate_source().await.map_err(|e| {
-            anyhow::anyhow!("refusing to start: sync.source_department_id is not valid (R2): {e}")
-        })?;
-        info!(department = %dept.id, name = %dept.name, scope = ?settings.sync.scope, "source department validated (R2)");
-    } else {
-        warn!("sync.enabled = false: events are recorded as skipped, nothing is written to Salesforce (R1)");
-    }
-    let engine = Arc::new(Engine::new(
-        mapping.clone(),
-        sf.clone(),
-        ss.clone(),
-        scope.clone(),
+    let parts = crate::app::build(
+        settings,
         store.clone(),
-        Duration::from_secs(settings.salesforce.account_cache_ttl_secs),
-        Duration::from_secs(settings.worker.lease_ttl_secs),
-    ));
+        crate::app::Options {
+            mapping: Some(mapping.clone()),
+            mark_uncertain: true,
+            ..Default::default()
+        },
+    )
+    .await?;
+    let (engine, calls, ss, scope) = (parts.engine, parts.salesforce, parts.skillsync, parts.scope);
     if settings.reconcile.interval_secs > 0 {
         // Reconcile reads at bulk priority: the budget governor pauses it before live events.
         let reads = calls.with_priority(crate::salesforce::Priority::Bulk);
