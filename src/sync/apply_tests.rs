@@ -408,3 +408,118 @@ async fn a_batch_settles_each_item_and_skips_busy_learners() {
     assert_eq!(t.linked("L1")[0]["LastName"], json!("Second"));
     assert!(t.linked("BUSY").is_empty());
 }
+
+/// One batch mixing a success, `account_not_found`, `contact_ambiguous`, a Salesforce
+/// validation error, a row lock that clears within the batch and one that does not: every
+/// item settles with its own outcome, and the failures never fail their neighbours
+/// (Collections with `allOrNone=false`, lock errors retried for the locked records only).
+#[tokio::test]
+async fn a_mixed_batch_settles_every_item_with_its_own_outcome() {
+    let t = setup(|_, _| {}).await;
+    for _ in 0..2 {
+        t.org
+            .insert(
+                "Contact",
+                rec(json!({"LastName": "Twin", "Email": "twin@x.example"})),
+            )
+            .unwrap();
+    }
+    // Another transaction holds the Account "Sales" longer than the batch retries, and
+    // "Prospects" only briefly.
+    t.org.lock_parent(&t.accounts["Sales"], 100);
+    t.org.lock_parent(&t.accounts["Prospects"], 2);
+    let ev =
+        |id: &str, l: Value| Item::Event(t.env(id, "learner.created", 1, json!({"learner": l})));
+    let items = vec![
+        ev(
+            "ok",
+            learner(
+                "OK",
+                "ok@x.example",
+                ("42", "Engineering"),
+                "active",
+                json!({}),
+            ),
+        ),
+        ev(
+            "noacct",
+            learner("NA", "na@x.example", ("43", "Nowhere"), "active", json!({})),
+        ),
+        ev(
+            "amb",
+            learner(
+                "AM",
+                "twin@x.example",
+                ("42", "Engineering"),
+                "active",
+                json!({}),
+            ),
+        ),
+        ev(
+            "invalid",
+            learner(
+                "IV",
+                "not-an-email",
+                ("42", "Engineering"),
+                "active",
+                json!({}),
+            ),
+        ),
+        ev(
+            "brief",
+            learner(
+                "BR",
+                "br@x.example",
+                ("43", "Prospects"),
+                "active",
+                json!({}),
+            ),
+        ),
+        ev(
+            "locked",
+            learner("LK", "lk@x.example", ("43", "Sales"), "active", json!({})),
+        ),
+    ];
+    let before = t.org.total_requests();
+    let r = t.engine.apply(items).await;
+    let code = |i: usize| r[i].as_ref().map(|o| o.code).map_err(|e| e.kind());
+    assert_eq!(code(0), Ok(Code::Created), "{:?}", r[0]);
+    assert_eq!(code(1), Ok(Code::AccountNotFound), "{:?}", r[1]);
+    assert_eq!(code(2), Ok(Code::ContactAmbiguous), "{:?}", r[2]);
+    assert_eq!(code(3), Ok(Code::SalesforceRejected), "{:?}", r[3]);
+    assert!(
+        r[3].as_ref()
+            .unwrap()
+            .detail
+            .contains("INVALID_EMAIL_ADDRESS"),
+        "{:?}",
+        r[3]
+    );
+    assert_eq!(
+        code(4),
+        Ok(Code::Created),
+        "a brief lock is retried: {:?}",
+        r[4]
+    );
+    let locked = r[5].as_ref().unwrap_err();
+    assert!(
+        locked.is_transient() && locked.to_string().contains("UNABLE_TO_LOCK_ROW"),
+        "a held lock is retried later: {locked}"
+    );
+    assert_eq!(t.linked("OK").len(), 1);
+    assert_eq!(t.linked("BR").len(), 1);
+    assert!(t.linked("LK").is_empty() && t.linked("IV").is_empty() && t.linked("AM").is_empty());
+    // The failures are recorded in each learner's history (not the transient one).
+    assert_eq!(
+        t.store.history("NA", 5).await.unwrap()[0].code,
+        "account_not_found"
+    );
+    assert!(t.store.history("LK", 5).await.unwrap().is_empty());
+    // Batched: Accounts and Contacts read once each, one upsert call (+ the lock retries).
+    let calls = t.org.total_requests() - before;
+    assert!(
+        calls <= 8,
+        "{calls} calls: {:?}",
+        t.org.requests_by_endpoint()
+    );
+}

@@ -73,6 +73,17 @@ impl Org {
         self.state.lock().unwrap().held_writes = (n > 0).then_some((n, hold));
     }
 
+    /// The next `n` Collections writes of records under `parent` (an Account or Contact id)
+    /// fail with a per-record `UNABLE_TO_LOCK_ROW`, as when another transaction holds the
+    /// parent's lock; the other records of the same call are written.
+    pub fn lock_parent(&self, parent: &str, n: u32) {
+        self.state
+            .lock()
+            .unwrap()
+            .locked_parents
+            .insert(parent.to_string(), n);
+    }
+
     /// Take a due write hold.
     pub(super) fn take_write_hold(&self) -> Option<Duration> {
         let mut s = self.state.lock().unwrap();

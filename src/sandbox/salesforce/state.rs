@@ -34,6 +34,32 @@ pub(super) struct OrgState {
     pub(super) counts: BTreeMap<String, u64>,
     /// Public keys (PEM) of connected apps allowed to use the JWT bearer flow.
     pub(super) jwt_keys: Vec<Vec<u8>>,
+    /// Parent records (Account, Contact) held locked by "another transaction": the next N
+    /// Collections writes of a child of each fail with `UNABLE_TO_LOCK_ROW` for that record.
+    pub(super) locked_parents: HashMap<String, u32>,
+}
+
+impl OrgState {
+    /// A Collections record whose parent (`AccountId` or `Contact__c`) is locked fails alone.
+    pub(super) fn check_lock(&mut self, r: &Record) -> Result<(), SfError> {
+        for f in ["AccountId", "Contact__c"] {
+            let Some(parent) = r.get(f).and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(n) = self.locked_parents.get_mut(parent) {
+                if *n > 0 {
+                    *n -= 1;
+                    return Err(err(
+                        400,
+                        "UNABLE_TO_LOCK_ROW",
+                        "unable to obtain exclusive access to this record or 1 records",
+                        &[],
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 pub(super) fn now() -> Value {
@@ -408,6 +434,7 @@ pub(super) fn ok_result(id: String, created: Option<bool>) -> SaveResult {
 
 /// One record of a Collections create (`attributes.type` names the sObject).
 pub(super) fn collection_create(s: &mut OrgState, r: &Record) -> Result<SaveResult, SfError> {
+    s.check_lock(r)?;
     let t = record_type(r)
         .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
     s.create(t, r).map(|id| ok_result(id, Some(true)))
@@ -415,6 +442,7 @@ pub(super) fn collection_create(s: &mut OrgState, r: &Record) -> Result<SaveResu
 
 /// One record of a Collections update (`Id` and `attributes.type` required).
 pub(super) fn collection_update(s: &mut OrgState, r: &Record) -> Result<SaveResult, SfError> {
+    s.check_lock(r)?;
     let t = record_type(r)
         .ok_or_else(|| err(400, "INVALID_TYPE", "attributes.type is required", &[]))?;
     let id = r
@@ -440,6 +468,7 @@ pub(super) fn upsert_one(
     ext_field: &str,
     r: &Record,
 ) -> Result<SaveResult, SfError> {
+    s.check_lock(r)?;
     let key = r
         .iter()
         .find(|(k, _)| k.eq_ignore_ascii_case(ext_field))
