@@ -355,3 +355,107 @@ async fn killing_the_connected_node_mid_flood_loses_nothing() {
     receiver_q.close().await;
     drop(cluster); // the nodes go (the guard also stops them when a check above panics)
 }
+
+fn deploy_yaml(rel: &str) -> Vec<serde_json::Value> {
+    use serde::Deserialize;
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(rel);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{rel}: {e}"));
+    serde_yaml::Deserializer::from_str(&text)
+        .map(|d| {
+            let v = serde_yaml::Value::deserialize(d).unwrap_or_else(|e| panic!("{rel}: {e}"));
+            serde_json::to_value(v).unwrap()
+        })
+        .collect()
+}
+
+/// Load settings from environment overrides only, as a container would.
+#[allow(clippy::result_large_err)] // figment::Jail's closure signature
+fn settings_from_env(
+    env: &serde_json::Map<String, serde_json::Value>,
+) -> syncback::config::Settings {
+    let mut out = None;
+    figment::Jail::expect_with(|jail| {
+        // serde_yaml does not apply YAML merge keys (`<<: *env`): merge them here.
+        let merged = env
+            .get("<<")
+            .and_then(|m| m.as_object())
+            .into_iter()
+            .flatten();
+        for (k, v) in merged.chain(env.iter().filter(|(k, _)| *k != "<<")) {
+            jail.set_env(k, v.as_str().unwrap_or_else(|| panic!("{k}: not a string")));
+        }
+        out = Some(
+            syncback::config::Settings::load(std::path::Path::new("/nonexistent.toml"), false)
+                .map_err(|e| e.to_string())?,
+        );
+        Ok(())
+    });
+    out.unwrap()
+}
+
+/// The hosts of `queue.urls`, checked to be a three-node replicated setup.
+fn cluster_hosts(s: &syncback::config::Settings) -> Vec<String> {
+    assert!(s.queue.replicated(), "every queue replicated");
+    assert_eq!(s.queue.group_size(), Some(3));
+    s.queue
+        .node_urls()
+        .iter()
+        .map(|u| {
+            let u = url::Url::parse(u).unwrap();
+            assert_eq!(u.scheme(), "amqp");
+            u.host_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn deploy_cluster_examples_list_every_node_in_queue_urls() {
+    // Compose: three clustered nodes, and every syncback service lists all three.
+    let compose = &deploy_yaml("deploy/cluster/docker-compose.yml")[0];
+    let services = compose["services"].as_object().unwrap();
+    let rabbits: Vec<&String> = services
+        .keys()
+        .filter(|k| k.starts_with("rabbit-"))
+        .collect();
+    assert_eq!(rabbits.len(), 3);
+    let peers = compose["configs"]["rabbitmq-cluster"]["content"]
+        .as_str()
+        .unwrap();
+    for r in &rabbits {
+        assert_eq!(services[r.as_str()]["hostname"], json!(r));
+        assert!(peers.contains(&format!("rabbit@{r}")), "{r} is a peer");
+    }
+    for name in ["receiver", "worker"] {
+        let env = services[name]["environment"].as_object().unwrap();
+        let s = settings_from_env(env);
+        let mut hosts = cluster_hosts(&s);
+        hosts.sort();
+        assert_eq!(hosts, ["rabbit-0", "rabbit-1", "rabbit-2"], "{name}");
+    }
+    // Kubernetes: a three-replica RabbitmqCluster and a Secret listing its three pods.
+    let docs = deploy_yaml("deploy/cluster/k8s-rabbitmq.yaml");
+    let rc = docs
+        .iter()
+        .find(|d| d["kind"] == "RabbitmqCluster")
+        .unwrap();
+    assert_eq!(rc["spec"]["replicas"], json!(3));
+    let name = rc["metadata"]["name"].as_str().unwrap();
+    let secret = docs.iter().find(|d| d["kind"] == "Secret").unwrap();
+    assert_eq!(secret["metadata"]["name"], json!("syncback-secrets"));
+    let s = settings_from_env(secret["stringData"].as_object().unwrap());
+    let hosts = cluster_hosts(&s);
+    assert_eq!(
+        hosts,
+        (0..3)
+            .map(|i| format!("{name}-server-{i}.{name}-nodes"))
+            .collect::<Vec<_>>()
+    );
+    // The Secret replaces deploy/k8s's: it carries every key that one does.
+    let base = deploy_yaml("deploy/k8s/syncback.yaml");
+    let base = base.iter().find(|d| d["kind"] == "Secret").unwrap();
+    for k in base["stringData"].as_object().unwrap().keys() {
+        if k != "SYNCBACK_QUEUE__URL" {
+            assert!(secret["stringData"].get(k).is_some(), "{k} missing");
+        }
+    }
+}
