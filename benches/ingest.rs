@@ -1,16 +1,24 @@
-//! Ingestion benchmark (issue: webhook ingestion): signed webhooks posted over loopback
-//! to the real receiver, measured end to end (HTTP + signature + schema + publish with
-//! publisher confirm).
+//! Ingestion benchmark (issue: webhook ingestion; issue: receiver overhead): signed
+//! webhooks posted over loopback to the real receiver, measured end to end (HTTP +
+//! signature + JSON + schema + metrics + publish with publisher confirm).
 //!
 //! `cargo bench --bench ingest` — runs, in one go:
 //!
-//! 1. memory queue, full speed (the baseline: everything but the broker),
-//! 2. RabbitMQ with confirms, full speed,
-//! 3. RabbitMQ with confirms, paced at 2,000 webhooks/s (latency under a realistic load).
+//! 1. memory queue, full speed (everything but the broker),
+//! 2. the **baseline**: a bare axum + lapin receiver that only publishes each body with a
+//!    publisher confirm to a quorum queue — and syncback's receiver on RabbitMQ with
+//!    confirms, both at full speed, over `INGEST_ROUNDS` rounds, each run from empty
+//!    queues after a pause, taking turns going first (the machine is shared: alternating
+//!    spreads its noise over both); the ratio syncback / bare of the medians is the
+//!    receiver's overhead (goal: ≥ 0.8),
+//! 3. RabbitMQ with confirms, paced at 2,000 webhooks/s (latency under a realistic load),
+//! 4. the CPU cost of each stage of the request path, measured alone on one thread
+//!    (signature, JSON parse, schema validation, metrics, message encoding).
 //!
-//! Each reports accepted/s and p50/p99 latency. Environment: `INGEST_N` (default 20000),
-//! `INGEST_CONCURRENCY` (default 64). The load generator shares the machine with the
-//! receiver, so numbers are a lower bound of what a dedicated receiver does.
+//! Each run reports accepted/s and p50/p99 latency. Environment: `INGEST_N` (default
+//! 20000), `INGEST_CONCURRENCY` (default 256 senders), `INGEST_ROUNDS` (default 3). The
+//! load generator shares the machine with the receiver and the broker, so numbers are a
+//! lower bound of what a dedicated receiver does.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,6 +162,137 @@ fn settings(backend: &str, prefix: &str) -> Settings {
     .unwrap()
 }
 
+/// The baseline: a bare axum + lapin receiver. One connection, one confirm channel, a
+/// quorum queue; each request's body is published (persistent) and answered 202 once
+/// the broker confirmed it — no signature, no parsing, no validation, no metrics.
+async fn spawn_bare(amqp: &str, queue: &str) -> Result<(String, lapin::Connection), String> {
+    use axum::body::Bytes;
+    use axum::http::StatusCode;
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueueDeclareOptions};
+    use lapin::types::{AMQPValue, FieldTable};
+    use lapin::{BasicProperties, Connection, ConnectionProperties};
+
+    let props = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio);
+    let conn = Connection::connect(amqp, props)
+        .await
+        .map_err(|e| e.to_string())?;
+    let ch = conn.create_channel().await.map_err(|e| e.to_string())?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    ch.queue_declare(
+        queue,
+        QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        args,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    let queue: Arc<str> = queue.into();
+    let app = axum::Router::new().route(
+        "/webhooks/skillsync",
+        axum::routing::post(move |body: Bytes| {
+            let (ch, queue) = (ch.clone(), queue.clone());
+            async move {
+                let confirm = match ch
+                    .basic_publish(
+                        "",
+                        &queue,
+                        BasicPublishOptions::default(),
+                        &body,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await
+                {
+                    Ok(c) => c.await,
+                    Err(e) => Err(e),
+                };
+                match confirm {
+                    Ok(c) if c.is_ack() => StatusCode::ACCEPTED,
+                    _ => StatusCode::SERVICE_UNAVAILABLE,
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((format!("http://{addr}/webhooks/skillsync"), conn))
+}
+
+fn rate(r: &Report) -> f64 {
+    r.accepted as f64 / r.secs
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    v[v.len() / 2]
+}
+
+/// CPU cost of each stage of the request path, alone on one thread, per request.
+fn stage_profile(settings: &Settings, n: usize) {
+    use std::hint::black_box;
+    let key = decode_secret(SECRET).unwrap();
+    let ts = chrono::Utc::now().timestamp();
+    let reqs: Vec<(String, String, Vec<u8>)> = (0..n)
+        .map(|i| {
+            let (id, b) = body(i);
+            let sig = key.sign(&id, ts, &b);
+            (id, sig, b)
+        })
+        .collect();
+    let secrets: Vec<&str> = settings
+        .webhooks
+        .secrets
+        .iter()
+        .map(|s| s.expose())
+        .collect();
+    let verifier = syncback::webhook::signature::Verifier::new(&secrets, 300).unwrap();
+    let schema = syncback::webhook::schema::SchemaValidator::new().unwrap();
+    let ts_s = ts.to_string();
+    let time = |name: &str, f: &mut dyn FnMut(usize)| {
+        let t = Instant::now();
+        for i in 0..n {
+            f(i);
+        }
+        let us = t.elapsed().as_secs_f64() * 1e6 / n as f64;
+        println!("  {name:<44} {us:>8.2} µs/request");
+    };
+    println!("request path, CPU per stage on one thread ({n} requests):");
+    time("signature (HMAC-SHA256, constant-time)", &mut |i| {
+        let (id, sig, b) = &reqs[i];
+        let ok = verifier.verify(Some(id), Some(&ts_s), Some(sig), b, ts);
+        assert!(black_box(ok).is_ok());
+    });
+    let parsed: Vec<serde_json::Value> = reqs
+        .iter()
+        .map(|(_, _, b)| serde_json::from_slice(b).unwrap())
+        .collect();
+    time("JSON parse (serde_json::Value)", &mut |i| {
+        black_box(serde_json::from_slice::<serde_json::Value>(&reqs[i].2).unwrap());
+    });
+    time("schema validation (jsonschema)", &mut |i| {
+        assert!(black_box(schema.validate(&parsed[i])).is_ok());
+    });
+    time("message encoding (envelope re-serialised)", &mut |i| {
+        black_box(serde_json::to_vec(&parsed[i]).unwrap());
+    });
+    time("metrics (counter with label + histogram)", &mut |i| {
+        let ty = parsed[i]["type"].as_str().unwrap().to_string();
+        metrics::counter!(syncback::telemetry::RECEIVED, "type" => ty).increment(1);
+        metrics::histogram!(syncback::telemetry::PUBLISH_SECONDS).record(0.001);
+    });
+}
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` probes harness=false targets with --list
@@ -161,13 +300,14 @@ fn main() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
         let n = env_usize("INGEST_N", 20_000);
-        let c = env_usize("INGEST_CONCURRENCY", 64);
+        let c = env_usize("INGEST_CONCURRENCY", 256);
+        let rounds = env_usize("INGEST_ROUNDS", 3).max(1);
         println!("ingest benchmark: {n} signed webhooks per run, {c} in flight, loopback");
 
         let mem = settings("memory", "bench");
         let url = spawn(&mem, Arc::new(syncback::queue::memory::MemoryQueue::new())).await;
         let _warm = run(&url, 1000, c, None).await;
-        print("memory queue (baseline)", &run(&url, n, c, None).await);
+        print("memory queue (no broker)", &run(&url, n, c, None).await);
 
         let prefix = format!(
             "bench.ingest.{}",
@@ -181,19 +321,71 @@ fn main() {
                 return;
             }
         };
+        let bare_queue = format!("{prefix}.bare");
+        let (bare_url, bare_conn) = match spawn_bare(rmq.queue.url.expose(), &bare_queue).await {
+            Ok(b) => b,
+            Err(e) => {
+                println!("RabbitMQ runs skipped: {e}");
+                return;
+            }
+        };
         let url = spawn(&rmq, queue.clone()).await;
-        let _warm = run(&url, 1000, c, None).await;
-        print(
-            "rabbitmq + confirms, full speed",
-            &run(&url, n, c, None).await,
+        let _warm = run(&bare_url, 2000, c, None).await;
+        let _warm = run(&url, 2000, c, None).await;
+        // Every run starts from empty queues and a broker at rest (a quorum queue keeps
+        // writing its log for a while after a burst), and the two receivers take turns
+        // going first, so neither inherits the other's backlog.
+        let settle = || async {
+            use lapin::options::QueuePurgeOptions;
+            if let Ok(ch) = bare_conn.create_channel().await {
+                for q in [bare_queue.clone(), format!("{prefix}.events")] {
+                    let _ = ch.queue_purge(&q, QueuePurgeOptions::default()).await;
+                }
+                let _ = ch.close(200, "purged").await;
+            }
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        };
+        let (mut bare, mut ours) = (Vec::new(), Vec::new());
+        for round in 1..=rounds {
+            for bare_turn in [round % 2 == 1, round % 2 == 0] {
+                settle().await;
+                if bare_turn {
+                    let b = run(&bare_url, n, c, None).await;
+                    print(&format!("bare axum + lapin, round {round}"), &b);
+                    bare.push(rate(&b));
+                } else {
+                    let s = run(&url, n, c, None).await;
+                    print(&format!("syncback receiver, round {round}"), &s);
+                    ours.push(rate(&s));
+                }
+            }
+        }
+        settle().await;
+        let (b, s) = (median(bare), median(ours));
+        println!(
+            "quorum queue + confirms, {c} senders: bare {b:.0}/s, syncback {s:.0}/s \
+             = {:.2} of the bare receiver (medians of {rounds} rounds)",
+            s / b
         );
         let paced = (n / 2).max(2000);
         print(
-            "rabbitmq + confirms, 2,000/s",
-            &run(&url, paced, c, Some(2000.0)).await,
+            "syncback, paced at 2,000/s",
+            &run(&url, paced, c.min(64), Some(2000.0)).await,
         );
         let depth = queue.depths().await.map(|d| d.main).unwrap_or(0);
-        println!("messages on {prefix}.events: {depth} (all accepted webhooks, none lost)");
+        println!(
+            "messages on {prefix}.events: {depth} (every webhook of the paced run, none lost)"
+        );
+        {
+            use lapin::options::QueueDeleteOptions;
+            if let Ok(ch) = bare_conn.create_channel().await {
+                let _ = ch
+                    .queue_delete(&bare_queue, QueueDeleteOptions::default())
+                    .await;
+            }
+            let _ = bare_conn.close(200, "bench done").await;
+        }
         syncback::testing::delete_rabbit_topology(&rmq.queue).await;
+        stage_profile(&rmq, n.min(20_000));
     });
 }

@@ -125,8 +125,20 @@ async fn css(c: &Client, sel: &str) -> fantoccini::elements::Element {
         .unwrap_or_else(|e| panic!("{sel}: {e}"))
 }
 
+/// The element's text; an element the page replaced meanwhile (the job status and the
+/// overview refresh themselves) is looked up again.
 async fn text(c: &Client, sel: &str) -> String {
-    css(c, sel).await.text().await.unwrap()
+    let mut tries = 0;
+    loop {
+        match css(c, sel).await.text().await {
+            Ok(t) => return t,
+            Err(e) if tries < 20 && e.to_string().contains("stale element") => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(e) => panic!("{sel}: {e}"),
+        }
+    }
 }
 
 async fn body(c: &Client) -> String {

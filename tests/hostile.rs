@@ -330,3 +330,53 @@ async fn the_connection_cap_holds_extra_clients_back_until_a_slot_frees() {
         "waited {waited:?}"
     );
 }
+
+#[tokio::test]
+async fn connections_that_never_send_a_request_are_cut_at_the_head_deadline() {
+    // The idle timeout is long; a client that connects and sends nothing must still go
+    // after header_read_timeout, or silent sockets would hold every slot for a minute.
+    let r = spawn(&settings(
+        "header_read_timeout_secs = 1\nidle_timeout_secs = 60\nmax_connections = 50",
+    ))
+    .await;
+    let mut silent = Vec::new();
+    for _ in 0..50 {
+        silent.push(TcpStream::connect(r.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Every slot is taken by a silent client: a valid webhook waits for them to be cut.
+    let started = Instant::now();
+    let (st, b) = r
+        .post(
+            &event("evt_silent", json!("1001"), "2026-11-25T16:41:16Z"),
+            Some("application/json"),
+        )
+        .await;
+    assert_eq!(st, 202, "{b}");
+    let waited = started.elapsed();
+    assert!(
+        waited < Duration::from_secs(4),
+        "a valid client waited {waited:?} behind silent ones"
+    );
+    for s in silent.iter_mut() {
+        assert!(
+            closed_within(s, Duration::from_millis(500)).await.is_some(),
+            "a silent connection is closed"
+        );
+    }
+    // A kept-alive connection that already served a request gets the idle timeout, not
+    // the head deadline: a second request after 1.5 s reuses it.
+    let mut kept = TcpStream::connect(r.addr).await.unwrap();
+    let req = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    kept.write_all(req).await.unwrap();
+    let mut buf = [0u8; 1024];
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    kept.write_all(req).await.unwrap();
+    let n = kept.read(&mut buf).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"),
+        "kept-alive connection closed before idle_timeout_secs"
+    );
+}

@@ -27,7 +27,8 @@ pub(crate) fn lenient_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<S
 #[serde(default, deny_unknown_fields)]
 pub struct ServerSettings {
     pub listen: String,
-    /// A client must send its whole request head (request line and headers) within this.
+    /// A client must send its whole request head (request line and headers) within this,
+    /// counted from its first byte, or from accept on a new connection.
     pub header_read_timeout_secs: u64,
     /// A client must send its whole body within this, counted from the end of the head.
     pub body_read_timeout_secs: u64,

@@ -11,7 +11,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
-use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -44,6 +43,7 @@ struct Inner {
     schema: SchemaValidator,
     max_body_bytes: usize,
     body_timeout: std::time::Duration,
+    received: ReceivedCounters,
     ops: Arc<Ops>,
 }
 
@@ -89,6 +89,7 @@ impl AppState {
         let verifier = Verifier::new(&secrets, settings.webhooks.tolerance_secs)
             .map_err(|e| anyhow::anyhow!("webhooks.secrets: {e}"))?;
         let schema = SchemaValidator::new().map_err(|e| anyhow::anyhow!("schemas: {e}"))?;
+        let metrics = telemetry::metrics_handle();
         Ok(Self {
             inner: Arc::new(Inner {
                 verifier,
@@ -97,10 +98,11 @@ impl AppState {
                 body_timeout: std::time::Duration::from_secs(
                     settings.server.body_read_timeout_secs.max(1),
                 ),
+                received: ReceivedCounters::new(),
                 ops: Arc::new(Ops {
                     queue,
                     store,
-                    metrics: telemetry::metrics_handle(),
+                    metrics,
                 }),
             }),
         })
@@ -251,19 +253,55 @@ fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// `webhook-{name}` (Standard Webhooks), or `svix-{name}` as sent by Svix-based senders,
-/// which use the same scheme under their own header names.
-fn signed_header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    header(headers, &format!("webhook-{name}")).or_else(|| header(headers, &format!("svix-{name}")))
+/// The Standard Webhooks header, or its `svix-` twin as sent by Svix-based senders, which
+/// use the same scheme under their own header names.
+fn signed_header<'a>(headers: &'a HeaderMap, standard: &str, svix: &str) -> Option<&'a str> {
+    header(headers, standard).or_else(|| header(headers, svix))
 }
 
-async fn receive_webhook(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+/// `syncback_webhooks_received_total` for every event type of the schema, registered
+/// once (no label allocation or registry lookup per request).
+struct ReceivedCounters(Vec<(&'static str, metrics::Counter)>);
+
+impl ReceivedCounters {
+    const TYPES: [&'static str; 11] = [
+        "learner.created",
+        "learner.updated",
+        "learner.deactivated",
+        "learner.reactivated",
+        "enrollment.created",
+        "enrollment.updated",
+        "enrollment.completed",
+        "enrollment.deleted",
+        "certification.issued",
+        "certification.revoked",
+        "certification.expired",
+    ];
+
+    fn new() -> Self {
+        ReceivedCounters(
+            Self::TYPES
+                .iter()
+                .map(|t| (*t, metrics::counter!(telemetry::RECEIVED, "type" => *t)))
+                .collect(),
+        )
+    }
+
+    fn increment(&self, event_type: &str) {
+        match self.0.iter().find(|(t, _)| *t == event_type) {
+            Some((_, c)) => c.increment(1),
+            None => metrics::counter!(telemetry::RECEIVED, "type" => event_type.to_string())
+                .increment(1),
+        }
+    }
+}
+
+async fn receive_webhook(State(state): State<AppState>, req: axum::extract::Request) -> Response {
     let started = Instant::now();
     let s = &state.inner;
+    // Moved out of the request, not cloned as the `HeaderMap` extractor would.
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
 
     // 415: the envelope is JSON and nothing else.
     let ct = header(&headers, "content-type");
@@ -318,11 +356,11 @@ async fn receive_webhook(
         };
 
     // 401: Standard Webhooks signature over the raw body, before anything is parsed.
-    let id = signed_header(&headers, "id");
+    let id = signed_header(&headers, "webhook-id", "svix-id");
     if let Err(e) = s.verifier.verify(
         id,
-        signed_header(&headers, "timestamp"),
-        signed_header(&headers, "signature"),
+        signed_header(&headers, "webhook-timestamp", "svix-timestamp"),
+        signed_header(&headers, "webhook-signature", "svix-signature"),
         &raw,
         Utc::now().timestamp(),
     ) {
@@ -375,11 +413,6 @@ async fn receive_webhook(
             }],
         );
     }
-    let event_type = envelope
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or_default()
-        .to_string();
 
     // 202 only after the publisher confirm; 503 tells SkillSync to retry later.
     let msg = Message {
@@ -389,7 +422,8 @@ async fn receive_webhook(
     };
     match s.ops.queue.publish(&msg).await {
         Ok(()) => {
-            metrics::counter!(telemetry::RECEIVED, "type" => event_type.clone()).increment(1);
+            let event_type = msg.event_type().unwrap_or_default();
+            s.received.increment(event_type);
             metrics::histogram!(telemetry::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
             info!(event_id = %id, event_type = %event_type, "webhook accepted");
             (

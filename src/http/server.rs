@@ -50,11 +50,15 @@ struct Activity {
 }
 
 impl Activity {
+    /// A fresh connection owes its first request head within the head deadline, counted
+    /// from accept: connecting and sending nothing must not hold a slot for the (longer)
+    /// keep-alive idle timeout.
     fn new() -> Self {
+        let now = Instant::now();
         Activity {
             in_flight: AtomicUsize::new(0),
-            head_started: Mutex::new(None),
-            idle_since: Mutex::new(Instant::now()),
+            head_started: Mutex::new(Some(now)),
+            idle_since: Mutex::new(now),
         }
     }
 

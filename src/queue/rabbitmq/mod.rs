@@ -49,7 +49,11 @@ use consumer::RabbitSubscription;
 pub struct RabbitQueue {
     urls: Arc<Vec<String>>,
     topology: Arc<Topology>,
+    /// Serialises (re)connecting and channel reopening.
     link: Arc<Mutex<LinkState>>,
+    /// The live link for the publish path: read without queueing on `link` (hundreds of
+    /// concurrent publishes would otherwise take turns on one async mutex).
+    current: Arc<std::sync::RwLock<Option<Arc<Link>>>>,
 }
 
 #[derive(Default)]
@@ -67,7 +71,14 @@ impl RabbitQueue {
             urls: Arc::new(settings.node_urls()),
             topology: Arc::new(Topology::new(settings)),
             link: Arc::new(Mutex::new(LinkState::default())),
+            current: Arc::new(std::sync::RwLock::new(None)),
         }
+    }
+
+    /// Make `link` the one the fast path hands out (`None`: reconnect on next use).
+    fn set_current(&self, st: &mut LinkState, link: Option<Arc<Link>>) {
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = link.clone();
+        st.link = link;
     }
 
     /// Connect and declare the topology.
@@ -112,6 +123,15 @@ impl RabbitQueue {
 
     /// The live link, reconnecting (from the node after a dead one) if it died.
     async fn link(&self) -> Result<Arc<Link>, QueueError> {
+        if let Some(l) = self
+            .current
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .filter(|l| l.is_alive())
+        {
+            return Ok(l.clone());
+        }
         let mut st = self.link.lock().await;
         if let Some(l) = st.link.as_ref() {
             if l.is_alive() {
@@ -119,11 +139,11 @@ impl RabbitQueue {
             }
             warn!("RabbitMQ connection lost; reconnecting");
             st.next = l.node + 1;
-            st.link = None;
+            self.set_current(&mut st, None);
         }
         let l = Arc::new(open_link(&self.urls, st.next, &self.topology, "syncback").await?);
         st.next = l.node;
-        st.link = Some(l.clone());
+        self.set_current(&mut st, Some(l.clone()));
         Ok(l)
     }
 
@@ -132,7 +152,7 @@ impl RabbitQueue {
         let mut st = self.link.lock().await;
         if st.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, dead)) {
             st.next = dead.node + 1;
-            st.link = None;
+            self.set_current(&mut st, None);
             let _ = dead.conn.close(200, "reconnecting").await;
         }
     }
@@ -142,11 +162,11 @@ impl RabbitQueue {
         let mut st = self.link.lock().await;
         if st.link.as_ref().is_some_and(|l| Arc::ptr_eq(l, nacked)) {
             match nacked.reopened().await {
-                Ok(l) => st.link = Some(Arc::new(l)),
+                Ok(l) => self.set_current(&mut st, Some(Arc::new(l))),
                 Err(e) => {
                     warn!(error = %e, "could not reopen the publish channel; reconnecting");
                     st.next = nacked.node + 1;
-                    st.link = None;
+                    self.set_current(&mut st, None);
                 }
             }
         }
@@ -234,7 +254,9 @@ impl Queue for RabbitQueue {
     }
 
     async fn close(&self) {
-        if let Some(link) = self.link.lock().await.link.take() {
+        let mut st = self.link.lock().await;
+        if let Some(link) = st.link.take() {
+            self.set_current(&mut st, None);
             let _ = link.conn.close(200, "bye").await;
         }
     }
