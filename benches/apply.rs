@@ -490,7 +490,7 @@ async fn backfill(a: &Args) {
     let before = w.org.total_requests();
     let t = Instant::now();
     let summary =
-        syncback::sync::backfill::run_from_settings(&w.settings, store.clone(), false, false)
+        syncback::sync::backfill::run_from_settings(&w.settings, store.clone(), false, false, None)
             .await
             .unwrap();
     let secs = t.elapsed().as_secs_f64();

@@ -188,9 +188,8 @@ fn main() {
             scope: &r.scope,
             dry_run: false,
             restart: true,
-            progress: false,
+            progress: None,
             sf_calls: Some(&calls),
-        budget: None,
         }
         .run()
         .await

@@ -178,9 +178,8 @@ async fn run_backfill(
         scope: &c.scope,
         dry_run,
         restart: false,
-        progress: false,
+        progress: None,
         sf_calls: Some(&calls),
-        budget: None,
     }
     .run()
     .await
@@ -416,9 +415,8 @@ async fn an_interrupted_backfill_resumes_from_its_checkpoint() {
                 scope: &scope,
                 dry_run: false,
                 restart: false,
-                progress: false,
+                progress: None,
                 sf_calls: None,
-                budget: None,
             }
             .run()
             .await

@@ -156,7 +156,7 @@ async fn backfill_pauses_at_the_budget_threshold_and_resumes_when_usage_drops() 
     let backfill = {
         let (settings, store) = (settings.clone(), store.clone());
         tokio::spawn(async move {
-            syncback::sync::backfill::run_from_settings(&settings, store, false, false).await
+            syncback::sync::backfill::run_from_settings(&settings, store, false, false, None).await
         })
     };
     let org = w.org.clone();

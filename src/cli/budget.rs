@@ -68,3 +68,60 @@ pub async fn data_skew(
         )),
     }
 }
+
+/// `backfill`'s progress bar: total, rate and ETA, the department being walked, and the
+/// budget governor's pauses.
+pub struct BackfillBar {
+    bar: ProgressBar,
+    budget_view: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl BackfillBar {
+    pub fn new() -> Self {
+        let bar = ProgressBar::new(0);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{prefix}{bar:30} {pos}/{len} learners ({per_sec}, eta {eta}) {msg}",
+            )
+            .expect("static template"),
+        );
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        Self {
+            bar,
+            budget_view: std::sync::Mutex::new(None),
+        }
+    }
+}
+
+impl Default for BackfillBar {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl crate::sync::backfill::Progress for BackfillBar {
+    fn start(&self, total: u64, done: u64) {
+        self.bar.set_length(total.max(done));
+        self.bar.set_position(done);
+        self.bar.reset_eta();
+    }
+    fn department(&self, name: &str, index: usize, of: usize) {
+        self.bar
+            .set_message(format!("department {name} ({index}/{of})"));
+    }
+    fn advance(&self, done: u64) {
+        if done > self.bar.length().unwrap_or(0) {
+            self.bar.set_length(done);
+        }
+        self.bar.set_position(done);
+    }
+    fn finish(&self) {
+        if let Some(v) = self.budget_view.lock().unwrap().take() {
+            v.abort();
+        }
+        self.bar.finish_and_clear();
+    }
+    fn budget(&self, status: watch::Receiver<BudgetStatus>) {
+        *self.budget_view.lock().unwrap() = Some(show_on(self.bar.clone(), Priority::Bulk, status));
+    }
+}

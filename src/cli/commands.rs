@@ -443,8 +443,12 @@ pub async fn backfill(
 ) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Backfill)?;
     let store = open_store(&settings).await?;
+    let bar = super::budget::BackfillBar::new();
     let summary =
-        crate::sync::backfill::run_from_settings(&settings, store, dry_run, restart).await?;
+        crate::sync::backfill::run_from_settings(&settings, store, dry_run, restart, Some(&bar))
+            .await;
+    crate::sync::backfill::Progress::finish(&bar);
+    let summary = summary?;
     println!("{summary}");
     Ok(if summary.failed() > 0 {
         super::exit::code(super::exit::BACKFILL_FAILURES)

@@ -11,7 +11,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Settings;
@@ -165,12 +164,25 @@ pub struct Backfill<'a> {
     pub scope: &'a ScopeResolver,
     pub dry_run: bool,
     pub restart: bool,
-    pub progress: bool,
+    /// Told how the run goes (the CLI draws a progress bar); `None` = silent.
+    pub progress: Option<&'a dyn Progress>,
     /// Counts Salesforce calls (for the summary); `None` = not counted.
     pub sf_calls: Option<&'a (dyn Fn() -> u64 + Send + Sync)>,
-    /// The Salesforce budget governor's status, shown on the progress bar when it pauses
-    /// bulk work (README "Salesforce API budget").
-    pub budget: Option<tokio::sync::watch::Receiver<crate::salesforce::BudgetStatus>>,
+}
+
+/// What a backfill reports while it runs.
+pub trait Progress: Send + Sync {
+    /// Learners SkillSync lists in the scope (counted before the run), and those already
+    /// done by an interrupted run this one resumes.
+    fn start(&self, total: u64, done: u64);
+    /// Now walking this department (`index` of `of`, from 1).
+    fn department(&self, name: &str, index: usize, of: usize);
+    /// Learners done so far (this run and the resumed one).
+    fn advance(&self, done: u64);
+    fn finish(&self);
+    /// The Salesforce budget governor's status, to show when it pauses bulk work
+    /// (README "Salesforce API budget").
+    fn budget(&self, _status: tokio::sync::watch::Receiver<crate::salesforce::BudgetStatus>) {}
 }
 
 /// Build the engine from configuration (bulk priority) and run.
@@ -179,6 +191,7 @@ pub async fn run_from_settings(
     store: Arc<dyn Store>,
     dry_run: bool,
     restart: bool,
+    progress: Option<&dyn Progress>,
 ) -> anyhow::Result<Summary> {
     anyhow::ensure!(
         settings.sync.enabled || dry_run,
@@ -201,15 +214,17 @@ pub async fn run_from_settings(
     })?;
     let counter = parts.salesforce.clone();
     let calls = move || counter.total_calls();
+    if let Some(p) = progress {
+        p.budget(parts.salesforce.budget().subscribe());
+    }
     Backfill {
         engine: &parts.engine,
         ss: parts.skillsync.as_ref(),
         scope: &parts.scope,
         dry_run,
         restart,
-        progress: true,
+        progress,
         sf_calls: Some(&calls),
-        budget: Some(parts.salesforce.budget().subscribe()),
     }
     .run()
     .await
@@ -252,32 +267,29 @@ impl Backfill<'_> {
                 cp.summary_seen
             );
         }
-        let bar = if self.progress {
-            let b = ProgressBar::new_spinner();
-            b.set_style(
-                ProgressStyle::with_template(
-                    "{spinner} {prefix}{pos} learners {msg} ({per_sec}, {elapsed})",
-                )
-                .expect("static template"),
-            );
-            b.enable_steady_tick(Duration::from_millis(200));
-            b
-        } else {
-            ProgressBar::hidden()
-        };
-        bar.set_position(cp.summary_seen);
-        let budget_view = self.budget.clone().map(|rx| {
-            crate::cli::budget::show_on(bar.clone(), crate::salesforce::Priority::Bulk, rx)
-        });
+        if let Some(p) = self.progress {
+            // SkillSync's pages carry no total: count the listing first (SkillSync calls
+            // only), so the bar can show a total, a rate and an ETA.
+            let mut total = 0u64;
+            for d in &departments {
+                let mut cursor: Option<String> = None;
+                loop {
+                    let page = self.ss.learners_page(&d.id, cursor.as_deref()).await?;
+                    total += page.items.len() as u64;
+                    match page.next_cursor {
+                        Some(c) => cursor = Some(c),
+                        None => break,
+                    }
+                }
+            }
+            p.start(total, cp.summary_seen);
+        }
         let mut buffer: Vec<Learner> = Vec::new();
         while cp.department_index < departments.len() {
             let dept = &departments[cp.department_index];
-            bar.set_message(format!(
-                "department {} ({}/{})",
-                dept.name,
-                cp.department_index + 1,
-                departments.len()
-            ));
+            if let Some(p) = self.progress {
+                p.department(&dept.name, cp.department_index + 1, departments.len());
+            }
             let page = self
                 .ss
                 .learners_page(&dept.id, cp.cursor.as_deref())
@@ -296,7 +308,9 @@ impl Backfill<'_> {
                 let batch = std::mem::take(&mut buffer);
                 self.process_batch(&batch, &mut summary).await?;
                 cp.summary_seen += batch.len() as u64;
-                bar.set_position(cp.summary_seen);
+                if let Some(p) = self.progress {
+                    p.advance(cp.summary_seen);
+                }
                 if !self.dry_run {
                     store
                         .set_checkpoint(CHECKPOINT, Some(&serde_json::to_string(&cp)?))
@@ -307,10 +321,9 @@ impl Backfill<'_> {
         if !self.dry_run {
             store.set_checkpoint(CHECKPOINT, None).await?;
         }
-        if let Some(v) = budget_view {
-            v.abort();
+        if let Some(p) = self.progress {
+            p.finish();
         }
-        bar.finish_and_clear();
         summary.salesforce_calls = self.sf_calls.map(|c| c()).unwrap_or(0) - calls_at_start;
         summary.elapsed_ms = started.elapsed().as_millis() as u64;
         Ok(summary)
