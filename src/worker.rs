@@ -53,8 +53,11 @@ impl Worker {
         let concurrency = self.settings.concurrency.max(1);
         let batch_max = self.settings.batch_max.max(1);
         let linger = Duration::from_millis(self.settings.batch_linger_ms);
-        // Prefetch: every task busy, and room for two full batches in flight.
-        let prefetch = (concurrency * 2).max(batch_max * 2).min(u16::MAX as usize) as u16;
+        // Prefetch: every task busy, and room for up to four full batches in flight (their
+        // Salesforce round trips overlap).
+        let prefetch = (concurrency * 2)
+            .max(batch_max * concurrency.min(4))
+            .min(u16::MAX as usize) as u16;
         let mut sub = self.queue.subscribe(prefetch).await?;
         let permits = Arc::new(Semaphore::new(concurrency));
         info!(concurrency, prefetch, batch_max, "worker consuming");

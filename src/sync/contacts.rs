@@ -88,6 +88,17 @@ impl Engine {
         }
         let accounts = self.load_accounts(&names).await?;
         let rows = self.load_contacts(s, &wants).await?;
+        // Each learner sees only its own candidate rows (by Id, link or match value).
+        let mut index: HashMap<String, Vec<usize>> = HashMap::new();
+        for (k, r) in rows.iter().enumerate() {
+            let keys = [Some(&r.id), r.link.as_ref(), r.match_value.as_ref()];
+            for key in keys.into_iter().flatten() {
+                let v = index.entry(key.to_lowercase()).or_default();
+                if v.last() != Some(&k) {
+                    v.push(k);
+                }
+            }
+        }
         let mut claims = Claims::default();
         for &i in &todo {
             let Work::Learner(lw) = &mut work[i] else {
@@ -109,13 +120,30 @@ impl Engine {
                 },
             };
             let snapshot = lw.snapshot.as_ref();
+            let mut mine: Vec<usize> = Vec::new();
+            let hint = snapshot.and_then(|x| x.contact_hint.as_ref());
+            let known = lw.state.as_ref().and_then(|st| st.contact_id.as_ref());
+            for key in [
+                Some(&lw.learner.id),
+                Some(&lw.learner.username),
+                hint,
+                known,
+            ]
+            .into_iter()
+            .flatten()
+            {
+                mine.extend(index.get(&key.to_lowercase()).into_iter().flatten());
+            }
+            mine.sort_unstable();
+            mine.dedup();
+            let my_rows: Vec<ContactRow> = mine.into_iter().map(|k| rows[k].clone()).collect();
             let input = LearnerInput {
                 learner: &lw.learner,
                 active: lw.active,
                 in_scope: lw.in_scope,
                 state: lw.state.as_ref(),
                 account,
-                rows: &rows,
+                rows: &my_rows,
                 links_loaded: snapshot.is_some(),
                 hint: snapshot.and_then(|x| x.contact_hint.as_deref()),
                 keep_fields: snapshot.is_some_and(|x| x.keep_fields),

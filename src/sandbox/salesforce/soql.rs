@@ -29,7 +29,9 @@ pub(super) enum Cond {
     Or(Vec<Cond>),
     Not(Box<Cond>),
     Cmp(String, &'static str, Value),
-    In(String, Vec<Value>, bool),
+    /// `field [NOT] IN (…)`; the string literals are also kept lowercased in a set, so a
+    /// query with a long list over many records stays fast (Salesforce uses indexes).
+    In(String, Vec<Value>, bool, std::collections::HashSet<String>),
     Like(String, String),
 }
 
@@ -118,9 +120,20 @@ impl Cond {
                     }
                 }
             }
-            Cond::In(f, list, negated) => {
+            Cond::In(f, list, negated, strings) => {
                 let v = get_ci(r, f);
-                list.iter().any(|l| soql_eq(v, l)) != *negated
+                let hit = match v {
+                    Value::String(x) => {
+                        let x = x.to_lowercase();
+                        strings.contains(&x)
+                            || (x.len() == 18
+                                && x.is_char_boundary(15)
+                                && strings.contains(&x[..15]))
+                            || list.iter().any(|l| !l.is_string() && soql_eq(v, l))
+                    }
+                    _ => list.iter().any(|l| soql_eq(v, l)),
+                };
+                hit != *negated
             }
             Cond::Like(f, p) => get_ci(r, f).as_str().is_some_and(|v| like_matches(v, p)),
         }
@@ -238,7 +251,11 @@ impl Parser {
             if !self.eat_punct(")") {
                 return Err("expected ) after IN list".into());
             }
-            return Ok(Cond::In(field, list, negated));
+            let strings = list
+                .iter()
+                .filter_map(|l| l.as_str().map(str::to_lowercase))
+                .collect();
+            return Ok(Cond::In(field, list, negated, strings));
         }
         if negated {
             return Err("expected IN after NOT".into());
