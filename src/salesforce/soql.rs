@@ -90,6 +90,26 @@ pub fn eq(field: &str, value: &str) -> String {
     format!("{} = {}", name(field), quote(value))
 }
 
+/// Split values into groups whose quoted `IN` list stays under `max_chars` (SOQL's
+/// statement and a GET's request-line limits).
+pub fn chunks_by_len<S: AsRef<str>>(values: &[S], max_chars: usize) -> Vec<&[S]> {
+    let mut out = Vec::new();
+    let (mut start, mut len) = (0, 0);
+    for (i, v) in values.iter().enumerate() {
+        let l = v.as_ref().len() + 4; // quotes, comma, space
+        if i > start && len + l > max_chars {
+            out.push(&values[start..i]);
+            start = i;
+            len = 0;
+        }
+        len += l;
+    }
+    if start < values.len() {
+        out.push(&values[start..]);
+    }
+    out
+}
+
 /// `Field IN ('a', 'b')`; an empty list gives a condition that matches nothing.
 pub fn in_list(field: &str, values: &[impl AsRef<str>]) -> String {
     if values.is_empty() {

@@ -119,7 +119,7 @@ impl Engine {
         }
         let exts: Vec<String> = items.iter().map(|(_, e)| e.to_string()).collect();
         let mut ids: HashMap<String, String> = HashMap::new();
-        for chunk in super::contacts::chunks(&exts, 12_000) {
+        for chunk in soql::chunks_by_len(&exts, 12_000) {
             let q = format!(
                 "SELECT Id, {field} FROM {object} WHERE {}",
                 soql::in_list(field, chunk)

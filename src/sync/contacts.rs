@@ -11,7 +11,7 @@ use crate::salesforce::{soql, Record};
 
 use super::engine::Engine;
 use super::execute::Work;
-use super::outcome::{Code, OutcomeClass, Permanent, StepError, SyncError};
+use super::outcome::{Code, Permanent, StepError, SyncError};
 use super::plan::{self, ChildrenPlan, Claims, ContactOp, LearnerInput, LearnerStep};
 use super::rules::{self, AccountTarget, ContactRow, LearnerPlan};
 use super::write::{self, RecordError, RecordResult};
@@ -161,7 +161,7 @@ impl Engine {
         names: &[String],
     ) -> Result<HashMap<String, Vec<String>>, SyncError> {
         let mut out: HashMap<String, Vec<String>> = HashMap::new();
-        for chunk in chunks(names, SOQL_BUDGET) {
+        for chunk in soql::chunks_by_len(names, SOQL_BUDGET) {
             let q = format!(
                 "SELECT Id, Name FROM Account WHERE {}",
                 soql::in_list("Name", chunk)
@@ -201,7 +201,7 @@ impl Engine {
         // One query holds all three lists while they fit; longer lists are chunked.
         let mut pending: Vec<(&str, Vec<String>)> = Vec::new();
         for (field, values) in parts {
-            for chunk in chunks(values, SOQL_BUDGET / 3) {
+            for chunk in soql::chunks_by_len(values, SOQL_BUDGET / 3) {
                 pending.push((field, chunk.to_vec()));
             }
         }
@@ -391,48 +391,25 @@ impl Engine {
                 lw.result = Some(Err(e));
                 continue;
             }
-            lw.result = Some(match lw.step.clone() {
-                None => Err(StepError::Transient(SyncError::transient(
-                    "salesforce",
-                    "learner not planned",
-                ))),
-                Some(LearnerStep::Fail(p)) => Err(StepError::Permanent(p)),
-                Some(LearnerStep::Skip {
-                    code,
-                    detail,
-                    state,
-                    ..
-                }) => Ok((code, detail, state, OutcomeClass::Skipped)),
+            let is_create = matches!(
+                lw.step,
                 Some(LearnerStep::Write {
-                    op,
-                    code,
-                    detail,
-                    mut state,
+                    op: ContactOp::Create { .. },
                     ..
-                }) => {
-                    if let ContactOp::Create { .. } = op {
-                        let (id, was_created) = created.remove(&i).unwrap_or_default();
-                        state.contact_id = Some(id.clone());
-                        if was_created {
-                            Ok((
-                                code,
-                                format!("{detail}: {id}"),
-                                Some(state),
-                                OutcomeClass::Applied,
-                            ))
-                        } else {
-                            Ok((
-                                Code::Updated,
-                                format!("Contact found by its link and updated (R8): {id}"),
-                                Some(state),
-                                OutcomeClass::Applied,
-                            ))
-                        }
-                    } else {
-                        Ok((code, detail, Some(state), OutcomeClass::Applied))
-                    }
+                })
+            );
+            let mut result = super::execute::step_result(lw.step.clone());
+            if let (true, Ok((code, detail, Some(state), _))) = (is_create, &mut result) {
+                let (id, was_created) = created.remove(&i).unwrap_or_default();
+                state.contact_id = Some(id.clone());
+                if was_created {
+                    detail.push_str(&format!(": {id}"));
+                } else {
+                    *code = Code::Updated;
+                    *detail = format!("Contact found by its link and updated (R8): {id}");
                 }
-            });
+            }
+            lw.result = Some(result);
         }
         !gone.is_empty()
     }
@@ -537,24 +514,4 @@ fn step_err(e: crate::salesforce::SfError) -> SyncError {
         // A read the executor makes cannot fail for one item only: retry the round's items.
         StepError::Permanent(p) => SyncError::transient("salesforce", p.detail),
     }
-}
-
-/// Split `values` into chunks whose quoted `IN` lists stay within `budget` characters.
-pub(super) fn chunks(values: &[String], budget: usize) -> Vec<&[String]> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    let mut len = 0;
-    for (i, v) in values.iter().enumerate() {
-        let l = v.len() + 4;
-        if i > start && (len + l > budget || i - start >= 200) {
-            out.push(&values[start..i]);
-            start = i;
-            len = 0;
-        }
-        len += l;
-    }
-    if start < values.len() {
-        out.push(&values[start..]);
-    }
-    out
 }

@@ -500,32 +500,37 @@ impl Engine {
     }
 }
 
+/// A planned step as the learner's result: what it will have done once written (a
+/// create's Contact id is filled in by the caller).
+pub(super) fn step_result(step: Option<LearnerStep>) -> Result<Settled, StepError> {
+    match step {
+        Some(LearnerStep::Fail(p)) => Err(StepError::Permanent(p)),
+        Some(LearnerStep::Skip {
+            code,
+            detail,
+            state,
+            ..
+        }) => Ok((code, detail, state, OutcomeClass::Skipped)),
+        Some(LearnerStep::Write {
+            code,
+            detail,
+            state,
+            ..
+        }) => Ok((code, detail, Some(state), OutcomeClass::Applied)),
+        None => Err(StepError::Transient(SyncError::transient(
+            "salesforce",
+            "learner not planned",
+        ))),
+    }
+}
+
 /// Dry run: the planned steps are the results; nothing is written.
 fn planned_only(work: &mut [Work]) {
     for w in work.iter_mut() {
         let Work::Learner(lw) = w else { continue };
-        if lw.result.is_some() {
-            continue;
+        if lw.result.is_none() {
+            lw.result = Some(step_result(lw.step.clone()));
         }
-        lw.result = Some(match lw.step.clone() {
-            Some(LearnerStep::Fail(p)) => Err(StepError::Permanent(p)),
-            Some(LearnerStep::Skip {
-                code,
-                detail,
-                state,
-                ..
-            }) => Ok((code, detail, state, OutcomeClass::Skipped)),
-            Some(LearnerStep::Write {
-                code,
-                detail,
-                state,
-                ..
-            }) => Ok((code, detail, Some(state), OutcomeClass::Applied)),
-            None => Err(StepError::Transient(SyncError::transient(
-                "salesforce",
-                "learner not planned",
-            ))),
-        });
     }
 }
 

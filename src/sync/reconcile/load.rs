@@ -37,24 +37,7 @@ pub enum LoadError {
     Store(#[from] StoreError),
 }
 
-/// Split values into groups whose quoted `IN` list stays under `max_chars`.
-pub fn chunks_by_len<S: AsRef<str>>(values: &[S], max_chars: usize) -> Vec<&[S]> {
-    let mut out = Vec::new();
-    let (mut start, mut len) = (0, 0);
-    for (i, v) in values.iter().enumerate() {
-        let l = v.as_ref().len() + 4; // quotes, comma, space
-        if i > start && len + l > max_chars {
-            out.push(&values[start..i]);
-            start = i;
-            len = 0;
-        }
-        len += l;
-    }
-    if start < values.len() {
-        out.push(&values[start..]);
-    }
-    out
-}
+pub use crate::salesforce::soql::chunks_by_len;
 
 pub struct Loader<'a> {
     pub settings: &'a SyncSettings,
