@@ -241,8 +241,8 @@ impl Engine {
     /// then creates. Returns whether a remembered Contact was found deleted (plan again).
     pub(super) async fn write_contacts(&self, s: &SyncSettings, work: &mut [Work]) -> bool {
         let link = s.link_field.clone();
-        // (work index, main op?) per record.
-        let mut unlinks: Vec<(usize, bool, Record)> = Vec::new();
+        // (work index, record).
+        let mut unlinks: Vec<(usize, Record)> = Vec::new();
         let mut updates: Vec<(usize, Record)> = Vec::new();
         let mut creates: Vec<(usize, Record)> = Vec::new();
         for (i, w) in work.iter_mut().enumerate() {
@@ -267,7 +267,7 @@ impl Engine {
                 {
                     for c in stray {
                         info!(learner_id = %lw.learner.id, contact = %c, "clearing a stray link");
-                        unlinks.push((i, false, unlink(c)));
+                        unlinks.push((i, unlink(c)));
                     }
                     if let LearnerStep::Write { op, .. } = &step {
                         push_op(i, op, &unlink, &mut unlinks, &mut updates, &mut creates);
@@ -284,12 +284,12 @@ impl Engine {
         let mut created: HashMap<usize, (String, bool)> = HashMap::new();
 
         if !unlinks.is_empty() {
-            let recs: Vec<Record> = unlinks.iter().map(|(_, _, r)| r.clone()).collect();
+            let recs: Vec<Record> = unlinks.iter().map(|(_, r)| r.clone()).collect();
             let res = write::write_all(recs, "AccountId", |b| async move {
                 self.sf.update_many(&b, false).await
             })
             .await;
-            for ((i, _, _), r) in unlinks.iter().zip(res) {
+            for ((i, _), r) in unlinks.iter().zip(res) {
                 match r {
                     // A Contact deleted meanwhile carries no link any more (R9).
                     RecordResult::Saved(_) | RecordResult::NotFound => {}
@@ -488,12 +488,12 @@ fn push_op(
     i: usize,
     op: &ContactOp,
     unlink: &dyn Fn(&str) -> Record,
-    unlinks: &mut Vec<(usize, bool, Record)>,
+    unlinks: &mut Vec<(usize, Record)>,
     updates: &mut Vec<(usize, Record)>,
     creates: &mut Vec<(usize, Record)>,
 ) {
     match op {
-        ContactOp::Unlink { id } => unlinks.push((i, true, unlink(id))),
+        ContactOp::Unlink { id } => unlinks.push((i, unlink(id))),
         ContactOp::Update { id, fields } => {
             let mut r = fields.clone();
             r.insert("attributes".into(), json!({"type": "Contact"}));

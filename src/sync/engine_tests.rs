@@ -391,6 +391,29 @@ async fn r11_child_event_of_an_unsynced_learner_syncs_its_snapshot_first() {
         (o.class, o.code.as_str()),
         (OutcomeClass::Skipped, "learner_unknown")
     );
+    // The snapshot's sync fails (no Account "Nowhere", R4): so does the event, recorded.
+    t.lms.upsert_learner(
+        serde_json::from_value(learner(
+            "L6",
+            "f@x.example",
+            ("43", "Nowhere"),
+            "active",
+            json!({}),
+        ))
+        .unwrap(),
+    );
+    let enr = json!({"enrollment": {"id": "E10", "learner_id": "L6", "course_id": "C", "course_name": "Course", "status": "enrolled",
+        "enrolled_at": "2026-11-01T00:00:00Z", "completed_at": null, "score": null, "updated_at": "2026-11-02T00:00:00Z"}});
+    let o = t
+        .engine
+        .handle(&t.env("c3", "enrollment.created", 7, enr))
+        .await
+        .unwrap();
+    assert_eq!(
+        (o.class, o.code.as_str()),
+        (OutcomeClass::Failed, "account_not_found")
+    );
+    assert_eq!(t.store.history("L6", 5).await.unwrap()[0].event_id, "c3");
 }
 
 /// Steady state (linked learner, warm Account cache): a learner update is one Salesforce

@@ -51,6 +51,22 @@ pub(super) struct LearnerWork {
     pub result: Option<Result<Settled, StepError>>,
 }
 
+impl LearnerWork {
+    fn new(learner: Learner, active: bool, state: Option<LearnerState>) -> Box<Self> {
+        Box::new(LearnerWork {
+            learner,
+            active,
+            state,
+            snapshot: None,
+            then_child: false,
+            step: None,
+            known_gone: false,
+            in_scope: true,
+            result: None,
+        })
+    }
+}
+
 /// What a learner's step came to: (code, detail, new state, class).
 pub(super) type Settled = (Code, String, Option<LearnerState>, OutcomeClass);
 
@@ -125,18 +141,43 @@ impl Engine {
             if let Work::Learner(lw) = w {
                 if lw.then_child {
                     if let Item::Event(env) = slots[k].item {
-                        let state = match &lw.result {
-                            Some(Ok((_, _, st, _))) => st.clone(),
-                            _ => None,
-                        };
-                        self.commit_first_sync(lw, env, &mut commits[k]);
-                        *w = match plan::plan_child(env, state.as_ref()) {
-                            Ok(op) => Work::Child(op),
-                            Err((code, detail)) => Work::Done(Ok(done(
-                                code,
-                                format!("learner first synced from its snapshot; {detail}"),
-                                env.learner_id().unwrap_or(""),
-                            ))),
+                        let item = slots[k].item;
+                        *w = match lw.result.clone() {
+                            // The learner's first sync failed: so does the event (R11).
+                            Some(Err(StepError::Transient(e))) => Work::Done(Err(e)),
+                            Some(Err(StepError::Permanent(p))) => {
+                                commits[k].push(self.failure(item, &p, None));
+                                Work::Done(Ok(outcome(
+                                    OutcomeClass::Failed,
+                                    p.code,
+                                    p.detail,
+                                    item,
+                                )))
+                            }
+                            synced => {
+                                let state = match synced {
+                                    Some(Ok((_, _, st, _))) => st,
+                                    _ => None,
+                                };
+                                self.commit_first_sync(lw, env, &mut commits[k]);
+                                match plan::plan_child(env, state.as_ref()) {
+                                    Ok(op) => Work::Child(op),
+                                    Err((code, detail)) => {
+                                        let detail = format!(
+                                            "learner first synced from its snapshot; {detail}"
+                                        );
+                                        commits[k].push(self.record(
+                                            item,
+                                            code.class(),
+                                            code,
+                                            &detail,
+                                            None,
+                                            true,
+                                        ));
+                                        Work::Done(Ok(outcome(code.class(), code, detail, item)))
+                                    }
+                                }
+                            }
                         };
                     }
                 }
@@ -232,19 +273,12 @@ impl Engine {
                         None,
                         false,
                     ));
-                    return Work::Done(Ok(done(a.code, a.detail, &lid)));
+                    return Work::Done(Ok(outcome(a.code.class(), a.code, a.detail, sl.item)));
                 }
-                Work::Learner(Box::new(LearnerWork {
-                    active: snap.learner.status == LearnerStatus::Active,
-                    learner: snap.learner.clone(),
-                    state,
-                    snapshot: Some(snap.clone()),
-                    then_child: false,
-                    step: None,
-                    known_gone: false,
-                    in_scope: true,
-                    result: None,
-                }))
+                let active = snap.learner.status == LearnerStatus::Active;
+                let mut lw = LearnerWork::new(snap.learner.clone(), active, state);
+                lw.snapshot = Some(snap.clone());
+                Work::Learner(lw)
             }
             Item::Event(env) => {
                 let Some((kind, entity_id)) = env.entity() else {
@@ -273,7 +307,7 @@ impl Engine {
                         None,
                         true,
                     ));
-                    return Work::Done(Ok(done(a.code, a.detail, &lid)));
+                    return Work::Done(Ok(outcome(a.code.class(), a.code, a.detail, sl.item)));
                 }
                 if kind == EntityKind::Learner {
                     let learner = env
@@ -281,17 +315,8 @@ impl Engine {
                         .learner
                         .clone()
                         .expect("schema requires data.learner");
-                    return Work::Learner(Box::new(LearnerWork {
-                        active: rules::is_active(env.event_type, &learner),
-                        learner,
-                        state,
-                        snapshot: None,
-                        then_child: false,
-                        step: None,
-                        known_gone: false,
-                        in_scope: true,
-                        result: None,
-                    }));
+                    let active = rules::is_active(env.event_type, &learner);
+                    return Work::Learner(LearnerWork::new(learner, active, state));
                 }
                 if state.is_some() {
                     return match plan::plan_child(env, state.as_ref()) {
@@ -304,23 +329,18 @@ impl Engine {
                                 return Work::Done(Ok(outcome(class, code, detail, sl.item)));
                             }
                             commits.push(self.record(sl.item, class, code, &detail, None, true));
-                            Work::Done(Ok(done(code, detail, &lid)))
+                            Work::Done(Ok(outcome(code.class(), code, detail, sl.item)))
                         }
                     };
                 }
                 // R11: a learner not yet synced is first synced from its SkillSync snapshot.
                 match self.ss.learner(&lid).await {
-                    Ok(Some(snapshot)) => Work::Learner(Box::new(LearnerWork {
-                        active: snapshot.status == LearnerStatus::Active,
-                        learner: snapshot,
-                        state: None,
-                        snapshot: None,
-                        then_child: true,
-                        step: None,
-                        known_gone: false,
-                        in_scope: true,
-                        result: None,
-                    })),
+                    Ok(Some(snapshot)) => {
+                        let active = snapshot.status == LearnerStatus::Active;
+                        let mut lw = LearnerWork::new(snapshot, active, None);
+                        lw.then_child = true;
+                        Work::Learner(lw)
+                    }
                     Ok(None) => {
                         let detail = format!("learner {lid} does not exist in SkillSync");
                         commits.push(self.record(
@@ -331,7 +351,12 @@ impl Engine {
                             None,
                             true,
                         ));
-                        Work::Done(Ok(done(Code::LearnerUnknown, detail, &lid)))
+                        Work::Done(Ok(outcome(
+                            OutcomeClass::Skipped,
+                            Code::LearnerUnknown,
+                            detail,
+                            sl.item,
+                        )))
                     }
                     Err(e) => match StepError::from(e) {
                         StepError::Transient(e) => Work::Done(Err(e)),
@@ -556,15 +581,6 @@ fn planned_children(work: &[Work]) -> HashMap<usize, ChildResult> {
             _ => None,
         })
         .collect()
-}
-
-fn done(code: Code, detail: String, learner_id: &str) -> Outcome {
-    Outcome {
-        class: code.class(),
-        code,
-        detail,
-        learner_id: learner_id.to_string(),
-    }
 }
 
 fn outcome(class: OutcomeClass, code: Code, detail: String, item: &Item) -> Outcome {
