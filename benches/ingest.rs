@@ -27,6 +27,11 @@ use syncback::config::Settings;
 use syncback::queue::Queue;
 use syncback::webhook::signature::decode_secret;
 
+/// The allocator of the `syncback` binary (src/main.rs), for both receivers and the
+/// load generator alike: the comparison is of request paths, not of allocators.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
 fn env_usize(k: &str, d: usize) -> usize {
@@ -42,6 +47,36 @@ struct Report {
     secs: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// CPU time per accepted request of this process (receiver + load generator) and of
+    /// the broker (every `beam.smp` on the machine), from `/proc` — where the time goes.
+    cpu_us: Option<(f64, f64)>,
+}
+
+/// User + system CPU time (clock ticks) of a process, from `/proc/<pid>/stat`.
+fn cpu_ticks(pid: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces) closed by ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+}
+
+/// (this process, the broker) CPU ticks so far; the broker is every `beam.smp`.
+fn cpu_now() -> Option<(u64, u64)> {
+    let me = cpu_ticks("self")?;
+    let mut broker = 0;
+    for e in std::fs::read_dir("/proc").ok()?.flatten() {
+        let name = e.file_name();
+        let pid = name.to_string_lossy();
+        if !pid.bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if comm.trim() == "beam.smp" {
+            broker += cpu_ticks(&pid).unwrap_or(0);
+        }
+    }
+    Some((me, broker))
 }
 
 async fn spawn(settings: &Settings, queue: Arc<dyn Queue>) -> String {
@@ -85,6 +120,7 @@ async fn run(url: &str, n: usize, concurrency: usize, rate: Option<f64>) -> Repo
             .collect(),
     );
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let cpu_before = cpu_now();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
@@ -128,6 +164,11 @@ async fn run(url: &str, n: usize, concurrency: usize, rate: Option<f64>) -> Repo
         rejected += r;
     }
     let secs = start.elapsed().as_secs_f64();
+    let tick_us = 1e6 / 100.0; // USER_HZ is 100 on Linux
+    let per = |ticks: u64| ticks as f64 * tick_us / lat.len().max(1) as f64;
+    let cpu_us = cpu_before
+        .zip(cpu_now())
+        .map(|((m0, b0), (m1, b1))| (per(m1 - m0), per(b1 - b0)));
     lat.sort();
     let pct = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -140,6 +181,7 @@ async fn run(url: &str, n: usize, concurrency: usize, rate: Option<f64>) -> Repo
         secs,
         p50_ms: pct(0.50),
         p99_ms: pct(0.99),
+        cpu_us,
     }
 }
 
@@ -153,6 +195,12 @@ fn print(name: &str, r: &Report) {
         r.p50_ms,
         r.p99_ms
     );
+    if let Some((me, broker)) = r.cpu_us {
+        println!(
+            "{:<34} CPU per request: receiver + senders {me:>6.1} µs, broker {broker:>6.1} µs",
+            ""
+        );
+    }
 }
 
 fn settings(backend: &str, prefix: &str) -> Settings {
@@ -348,6 +396,11 @@ fn main() {
         let (mut bare, mut ours) = (Vec::new(), Vec::new());
         for round in 1..=rounds {
             for bare_turn in [round % 2 == 1, round % 2 == 0] {
+                match std::env::var("INGEST_ONLY").as_deref() {
+                    Ok("bare") if !bare_turn => continue,
+                    Ok("syncback") if bare_turn => continue,
+                    _ => {}
+                }
                 settle().await;
                 if bare_turn {
                     let b = run(&bare_url, n, c, None).await;
@@ -361,6 +414,9 @@ fn main() {
             }
         }
         settle().await;
+        if bare.is_empty() || ours.is_empty() {
+            return;
+        }
         let (b, s) = (median(bare), median(ours));
         println!(
             "quorum queue + confirms, {c} senders: bare {b:.0}/s, syncback {s:.0}/s \

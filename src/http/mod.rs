@@ -20,7 +20,7 @@ use chrono::Utc;
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Serialize;
 use serde_json::{json, Value};
-use tracing::{info, warn};
+use tracing::{debug, warn};
 
 mod server;
 pub use server::serve_with;
@@ -44,6 +44,8 @@ struct Inner {
     max_body_bytes: usize,
     body_timeout: std::time::Duration,
     received: ReceivedCounters,
+    /// `syncback_publish_seconds`, registered once.
+    publish_seconds: metrics::Histogram,
     ops: Arc<Ops>,
 }
 
@@ -99,6 +101,7 @@ impl AppState {
                     settings.server.body_read_timeout_secs.max(1),
                 ),
                 received: ReceivedCounters::new(),
+                publish_seconds: metrics::histogram!(telemetry::PUBLISH_SECONDS),
                 ops: Arc::new(Ops {
                     queue,
                     store,
@@ -156,13 +159,12 @@ pub fn router(state: AppState) -> Router {
     )
 }
 
-/// Every error in the one JSON shape: unknown paths (`404`), other methods (`405`),
-/// too many or too large headers (`431`).
+/// Every error in the one JSON shape: unknown paths (`404`), other methods (`405`);
+/// too many or too large headers (`431`) are answered by the server (`server.rs`).
 fn hardened(router: Router) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(axum::middleware::from_fn(header_limits))
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
@@ -192,24 +194,25 @@ async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) ->
     r
 }
 
-async fn header_limits(req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let h = req.headers();
+/// The JSON `431` for a request with too many or too large headers (checked by the
+/// server in `server.rs` before routing, so that every route is covered at no per-route cost).
+fn header_limits(h: &HeaderMap) -> Option<Response> {
     if h.len() > MAX_HEADERS {
-        return reject(
+        return Some(reject(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!("{} headers; at most {MAX_HEADERS} are accepted", h.len()),
-        );
+        ));
     }
     let bytes: usize = h.iter().map(|(k, v)| k.as_str().len() + v.len()).sum();
     if bytes > MAX_HEADER_BYTES {
-        return reject(
+        return Some(reject(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!("{bytes} bytes of headers; at most {MAX_HEADER_BYTES} are accepted"),
-        );
+        ));
     }
-    next.run(req).await
+    None
 }
 
 /// `/healthz`, `/readyz` (broker, and store when given) and `/metrics`, for processes
@@ -420,17 +423,16 @@ async fn receive_webhook(State(state): State<AppState>, req: axum::extract::Requ
         received_at: Utc::now(),
         envelope,
     };
-    match s.ops.queue.publish(&msg).await {
+    // The body exactly as signed (valid JSON, checked above) is what gets queued.
+    match s.ops.queue.publish_encoded(&msg, &raw).await {
         Ok(()) => {
             let event_type = msg.event_type().unwrap_or_default();
             s.received.increment(event_type);
-            metrics::histogram!(telemetry::PUBLISH_SECONDS).record(started.elapsed().as_secs_f64());
-            info!(event_id = %id, event_type = %event_type, "webhook accepted");
-            (
-                StatusCode::ACCEPTED,
-                Json(json!({"status": "accepted", "id": id})),
-            )
-                .into_response()
+            s.publish_seconds.record(started.elapsed().as_secs_f64());
+            // Debug, not info: one line per webhook is noise at thousands per second
+            // (rejections are warnings; workers log each event's outcome).
+            debug!(event_id = %id, event_type = %event_type, "webhook accepted");
+            accepted(&id)
         }
         Err(e) => reject(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -438,6 +440,17 @@ async fn receive_webhook(State(state): State<AppState>, req: axum::extract::Requ
             format!("event not queued, retry later: {e}"),
         ),
     }
+}
+
+/// `202 {"status":"accepted","id":…}`, written directly (no `Value` tree per request).
+fn accepted(id: &str) -> Response {
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "\"\"".into());
+    (
+        StatusCode::ACCEPTED,
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        format!(r#"{{"status":"accepted","id":{id}}}"#),
+    )
+        .into_response()
 }
 
 async fn healthz() -> impl IntoResponse {

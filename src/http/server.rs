@@ -215,9 +215,16 @@ async fn serve_connection(
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
         act.begin();
         let act = act.clone();
-        let fut = router.clone().oneshot(req.map(Body::new));
+        // Too many or too large headers: the JSON 431, whatever the route.
+        let routed = match super::header_limits(req.headers()) {
+            Some(refused) => Err(refused),
+            None => Ok(router.clone().oneshot(req.map(Body::new))),
+        };
         async move {
-            let r = fut.await;
+            let r = match routed {
+                Err(refused) => Ok(refused),
+                Ok(fut) => fut.await,
+            };
             act.end();
             r
         }

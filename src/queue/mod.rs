@@ -133,6 +133,13 @@ pub enum QueueError {
 pub trait Queue: Send + Sync + 'static {
     /// Publish durably: returns only once the broker confirmed (publisher confirm).
     async fn publish(&self, msg: &Message) -> Result<(), QueueError>;
+    /// [`Queue::publish`] when the caller already holds `msg.envelope` as JSON bytes
+    /// (the receiver: the body exactly as signed and validated), so a backend that stores
+    /// bytes need not encode it again. `encoded` must be `msg.envelope` as JSON.
+    async fn publish_encoded(&self, msg: &Message, encoded: &[u8]) -> Result<(), QueueError> {
+        let _ = encoded;
+        self.publish(msg).await
+    }
     /// Start consuming with at most `prefetch` unsettled deliveries.
     async fn subscribe(&self, prefetch: u16) -> Result<Box<dyn Subscription>, QueueError>;
     /// Is the broker reachable (`/readyz`)?

@@ -93,7 +93,10 @@ impl SchemaValidator {
         let mut options = jsonschema::options()
             .with_draft(jsonschema::Draft::Draft202012)
             .should_validate_formats(true)
-            .with_format("date-time", is_rfc3339);
+            .with_format("date-time", is_rfc3339)
+            // Every `pattern` of the schemas is a plain regular expression: the `regex`
+            // crate matches it without backtracking or a per-match allocation.
+            .with_pattern_options(jsonschema::PatternOptions::regex());
         let mut envelope = None;
         for (name, text) in SCHEMAS {
             let value: Value =

@@ -176,7 +176,13 @@ impl RabbitQueue {
 #[async_trait]
 impl Queue for RabbitQueue {
     async fn publish(&self, msg: &Message) -> Result<(), QueueError> {
-        self.publish_fresh(msg).await
+        let body =
+            serde_json::to_vec(&msg.envelope).map_err(|e| QueueError::BadMessage(e.to_string()))?;
+        self.publish_fresh(msg, &body).await
+    }
+
+    async fn publish_encoded(&self, msg: &Message, encoded: &[u8]) -> Result<(), QueueError> {
+        self.publish_fresh(msg, encoded).await
     }
 
     async fn subscribe(&self, prefetch: u16) -> Result<Box<dyn Subscription>, QueueError> {

@@ -83,9 +83,8 @@ const PUBLISH_ATTEMPTS: usize = 3;
 impl RabbitQueue {
     /// Publish to the work exchange with fresh bookkeeping (new events and replays).
     /// Returns only once the broker confirmed; the caller answers 503 otherwise.
-    pub(super) async fn publish_fresh(&self, msg: &Message) -> Result<(), QueueError> {
-        let body =
-            serde_json::to_vec(&msg.envelope).map_err(|e| QueueError::BadMessage(e.to_string()))?;
+    /// `body` is `msg.envelope` encoded as JSON.
+    pub(super) async fn publish_fresh(&self, msg: &Message, body: &[u8]) -> Result<(), QueueError> {
         let mut last = None;
         for _ in 0..PUBLISH_ATTEMPTS {
             let link = self.link().await?;
@@ -93,7 +92,7 @@ impl RabbitQueue {
                 &link.publish,
                 &self.topology.work_exchange,
                 ROUTING_KEY,
-                &body,
+                body,
                 properties(msg, FieldTable::default()),
             )
             .await
