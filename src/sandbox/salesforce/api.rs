@@ -64,7 +64,7 @@ impl Org {
         }
         if failed {
             if let Some(snap) = snapshot {
-                s.records = snap;
+                s.restore_records(snap);
                 for r in results.iter_mut().filter(|r| r.success) {
                     *r = SaveResult {
                         id: None,

@@ -68,7 +68,7 @@ impl Org {
         let o = object(sobject).expect("known sObject");
         let id = s.new_id(o);
         fields.insert("Id".into(), json!(id));
-        s.table(o).insert(id.clone(), fields);
+        s.put_record(o, id.clone(), fields);
         id
     }
 

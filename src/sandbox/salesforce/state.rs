@@ -1,6 +1,6 @@
 //! The state of the sandbox org and the record operations on it, validated as Salesforce does.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use chrono::Utc;
 use serde_json::{json, Value};
@@ -15,7 +15,12 @@ use crate::sandbox::faults::FaultControls;
 
 #[derive(Default)]
 pub(super) struct OrgState {
+    /// Records by sObject, then by Id. Change them only through `put_record`,
+    /// `remove_record` and `restore_records`, which keep `external` in step.
     pub(super) records: BTreeMap<&'static str, BTreeMap<String, Record>>,
+    /// (sObject, external-id field) → value → Ids: Salesforce indexes external-id fields,
+    /// so upserts and uniqueness checks must not scan every record here either.
+    pub(super) external: HashMap<(&'static str, &'static str), HashMap<String, BTreeSet<String>>>,
     pub(super) seq: u64,
     pub(super) tokens: HashSet<String>,
     /// Injected faults and latency (see `faults.rs`).
@@ -82,8 +87,77 @@ impl OrgState {
         format!("{id15}{}", id_suffix(&id15))
     }
 
-    pub(super) fn table(&mut self, o: &ObjectDef) -> &mut BTreeMap<String, Record> {
-        self.records.entry(o.name).or_default()
+    /// Store `rec` under `id` (a new record or a whole replacement), indexed.
+    pub(super) fn put_record(&mut self, o: &ObjectDef, id: String, rec: Record) {
+        let old = self.records.entry(o.name).or_default().remove(&id);
+        if let Some(old) = &old {
+            self.unindex(o, &id, old);
+        }
+        self.index(o, &id, &rec);
+        self.records.entry(o.name).or_default().insert(id, rec);
+    }
+
+    pub(super) fn remove_record(&mut self, o: &ObjectDef, id: &str) -> Option<Record> {
+        let rec = self.records.get_mut(o.name)?.remove(id)?;
+        self.unindex(o, id, &rec);
+        Some(rec)
+    }
+
+    /// Put back a snapshot of every record (an `allOrNone` rollback), re-indexed.
+    pub(super) fn restore_records(
+        &mut self,
+        snapshot: BTreeMap<&'static str, BTreeMap<String, Record>>,
+    ) {
+        self.records = snapshot;
+        self.external.clear();
+        let all: Vec<(&'static str, String)> = self
+            .records
+            .iter()
+            .flat_map(|(o, t)| t.keys().map(move |id| (*o, id.clone())))
+            .collect();
+        for (name, id) in all {
+            let o = object(name).expect("stored objects are known");
+            let rec = self.records[name][&id].clone();
+            self.index(o, &id, &rec);
+        }
+    }
+
+    fn index(&mut self, o: &ObjectDef, id: &str, rec: &Record) {
+        for def in o.fields.iter().filter(|d| d.external_id) {
+            if let Some(v) = rec.get(def.name).and_then(Value::as_str) {
+                self.external
+                    .entry((o.name, def.name))
+                    .or_default()
+                    .entry(v.to_string())
+                    .or_default()
+                    .insert(id.to_string());
+            }
+        }
+    }
+
+    fn unindex(&mut self, o: &ObjectDef, id: &str, rec: &Record) {
+        for def in o.fields.iter().filter(|d| d.external_id) {
+            let Some(v) = rec.get(def.name).and_then(Value::as_str) else {
+                continue;
+            };
+            if let Some(values) = self.external.get_mut(&(o.name, def.name)) {
+                if let Some(ids) = values.get_mut(v) {
+                    ids.remove(id);
+                    if ids.is_empty() {
+                        values.remove(v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ids of the records of `o` whose external-id field `def` holds `value`.
+    fn with_external(&self, o: &ObjectDef, def: &FieldDef, value: &str) -> Vec<String> {
+        self.external
+            .get(&(o.name, def.name))
+            .and_then(|values| values.get(value))
+            .map(|ids| ids.iter().cloned().collect())
+            .unwrap_or_default()
     }
 
     pub(super) fn find(&self, o: &ObjectDef, id: &str) -> Option<&Record> {
@@ -182,13 +256,20 @@ impl OrgState {
                 ));
             }
             if def.external_id && !v.is_null() {
-                let dup = self
-                    .records
-                    .get(o.name)
-                    .into_iter()
-                    .flatten()
-                    .find(|(id, r)| Some(id.as_str()) != except && r.get(def.name) == Some(&v));
-                if let Some((id, _)) = dup {
+                let dup = match v.as_str() {
+                    Some(text) => self
+                        .with_external(o, def, text)
+                        .into_iter()
+                        .find(|id| Some(id.as_str()) != except),
+                    None => self
+                        .records
+                        .get(o.name)
+                        .into_iter()
+                        .flatten()
+                        .find(|(id, r)| Some(id.as_str()) != except && r.get(def.name) == Some(&v))
+                        .map(|(id, _)| id.clone()),
+                };
+                if let Some(id) = dup {
                     return Err(err(
                         400,
                         "DUPLICATE_VALUE",
@@ -233,7 +314,7 @@ impl OrgState {
         rec.insert("CreatedDate".into(), now());
         rec.insert("LastModifiedDate".into(), now());
         rec.insert("SystemModstamp".into(), now());
-        self.table(o).insert(id.clone(), rec);
+        self.put_record(o, id.clone(), rec);
         Ok(id)
     }
 
@@ -255,12 +336,13 @@ impl OrgState {
             ));
         };
         let clean = self.validate(o, fields, false, Some(&key))?;
-        let rec = self.table(o).get_mut(&key).expect("checked");
+        let mut rec = self.records[o.name][&key].clone();
         for (k, v) in clean {
             rec.insert(k, v);
         }
         rec.insert("LastModifiedDate".into(), now());
         rec.insert("SystemModstamp".into(), now());
+        self.put_record(o, key, rec);
         Ok(())
     }
 
@@ -268,7 +350,7 @@ impl OrgState {
         let o = object(sobject)?;
         let key = canonical_id(id)
             .ok_or_else(|| err(400, "MALFORMED_ID", &format!("malformed id {id}"), &[]))?;
-        match self.table(o).remove(&key) {
+        match self.remove_record(o, &key) {
             Some(_) => Ok(()),
             None => Err(err(404, "ENTITY_IS_DELETED", "entity is deleted", &[])),
         }
@@ -293,14 +375,15 @@ impl OrgState {
                     &[],
                 )
             })?;
-        let ids = self
-            .records
-            .get(o.name)
-            .into_iter()
-            .flatten()
-            .filter(|(_, r)| r.get(def.name).and_then(Value::as_str) == Some(value))
-            .map(|(id, _)| id.clone())
-            .collect();
+        let ids = if def.external_id {
+            self.with_external(o, def, value)
+        } else {
+            // `Id` itself.
+            canonical_id(value)
+                .filter(|k| self.records.get(o.name).is_some_and(|t| t.contains_key(k)))
+                .into_iter()
+                .collect()
+        };
         Ok((def, ids))
     }
 

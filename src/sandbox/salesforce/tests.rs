@@ -172,6 +172,65 @@ async fn upsert_and_collections_all_or_none() {
     assert_eq!(org.records("Contact").len(), 3);
 }
 
+/// External ids are looked up through an index: it follows updates, deletes, unique
+/// checks and an allOrNone rollback exactly as a scan of every record would.
+#[tokio::test]
+async fn external_id_index_follows_every_change() {
+    let org = Org::new();
+    let f = "SkillSync_User_Id__c";
+    let a = org
+        .upsert("Contact", f, "A", &rec(json!({"LastName": "a"})))
+        .await
+        .unwrap();
+    // Renamed external id: the old value no longer matches, the new one does.
+    org.update("Contact", &a.id, &rec(json!({f: "B"})))
+        .await
+        .unwrap();
+    let again = org
+        .upsert("Contact", f, "A", &rec(json!({"LastName": "new"})))
+        .await
+        .unwrap();
+    assert!(again.created && again.id != a.id);
+    let b = org.upsert("Contact", f, "B", &Record::new()).await.unwrap();
+    assert_eq!((b.created, &b.id), (false, &a.id));
+    // Uniqueness: taking another record's value is refused; keeping one's own is fine.
+    match org
+        .update("Contact", &again.id, &rec(json!({f: "B"})))
+        .await
+    {
+        Err(SfError::Permanent { errors, .. }) => {
+            assert_eq!(errors[0].error_code, "DUPLICATE_VALUE")
+        }
+        other => panic!("expected DUPLICATE_VALUE, got {other:?}"),
+    }
+    org.update("Contact", &a.id, &rec(json!({f: "B", "LastName": "b"})))
+        .await
+        .unwrap();
+    // Deleted: its value is free again.
+    org.delete("Contact", &a.id).await.unwrap();
+    let b2 = org
+        .upsert("Contact", f, "B", &rec(json!({"LastName": "b2"})))
+        .await
+        .unwrap();
+    assert!(b2.created);
+    // A rolled-back allOrNone create leaves no index entry behind.
+    let c = rec(json!({"attributes": {"type": "Contact"}, "LastName": "c", f: "C"}));
+    let bad = rec(json!({"attributes": {"type": "Contact"}, "FirstName": "no last name"}));
+    let res = org.create_many(&[c, bad], true).await.unwrap();
+    assert!(!res[0].success);
+    let c = org
+        .upsert("Contact", f, "C", &rec(json!({"LastName": "c"})))
+        .await
+        .unwrap();
+    assert!(c.created, "the rolled-back record must not match");
+    // Upsert by Id is not an external-id lookup but still finds the record.
+    let by_id = org
+        .upsert("Contact", "Id", &c.id, &rec(json!({"LastName": "c2"})))
+        .await
+        .unwrap();
+    assert_eq!((by_id.created, &by_id.id), (false, &c.id));
+}
+
 #[test]
 fn endpoint_names_have_no_ids() {
     assert_eq!(
