@@ -15,10 +15,13 @@
 //! 4. the CPU cost of each stage of the request path, measured alone on one thread
 //!    (signature, JSON parse, schema validation, metrics, message encoding).
 //!
-//! Each run reports accepted/s and p50/p99 latency. Environment: `INGEST_N` (default
-//! 20000), `INGEST_CONCURRENCY` (default 256 senders), `INGEST_ROUNDS` (default 3). The
-//! load generator shares the machine with the receiver and the broker, so numbers are a
-//! lower bound of what a dedicated receiver does.
+//! Each run reports accepted/s, p50/p99 latency, and the CPU time per request spent in this
+//! process (receiver + load generator) and in the broker (`beam.smp`), read from `/proc` —
+//! on a machine where all three share the cores, throughput is total CPU per request.
+//! Environment: `INGEST_N` (default 20000), `INGEST_CONCURRENCY` (default 256 senders),
+//! `INGEST_ROUNDS` (default 3), `INGEST_ONLY` (`bare` or `syncback`: one receiver only, for
+//! profiling it with `perf record`). The whole benchmark runs on the allocator of the
+//! `syncback` binary (mimalloc), so both receivers are compared on the same one.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

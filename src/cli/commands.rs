@@ -294,6 +294,32 @@ fn spawn_heartbeat(
     });
 }
 
+/// The worker of a `work` or `run` process (`role`), once its dependencies answer: the
+/// console's duties (mapping in force, heartbeats), the engine from the composition root,
+/// and the store's housekeeping.
+async fn build_worker(
+    settings: &Settings,
+    store: &Arc<dyn Store>,
+    queue: &Arc<dyn queue::Queue>,
+    role: &str,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Arc<Worker>> {
+    let (effective, mapping) = console_duties(settings, store, queue, role, shutdown).await?;
+    let engine = crate::sync::reconcile::wiring::engine_for_process(
+        &effective,
+        store.clone(),
+        mapping,
+        shutdown.clone(),
+    )
+    .await?;
+    spawn_housekeeping(settings, store, shutdown);
+    Ok(Arc::new(Worker::new(
+        engine,
+        queue.clone(),
+        settings.worker.clone(),
+    )))
+}
+
 pub async fn work(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Work)?;
     for w in settings.warnings() {
@@ -317,16 +343,7 @@ pub async fn work(settings: Settings, args: StartArgs) -> anyhow::Result<ExitCod
     else {
         return Ok(ExitCode::SUCCESS);
     };
-    let (effective, mapping) = console_duties(&settings, &store, &queue, "work", &shutdown).await?;
-    let engine = crate::sync::reconcile::wiring::engine_for_process(
-        &effective,
-        store.clone(),
-        mapping,
-        shutdown.clone(),
-    )
-    .await?;
-    spawn_housekeeping(&settings, &store, &shutdown);
-    let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
+    let worker = build_worker(&settings, &store, &queue, "work", &shutdown).await?;
     worker.run(shutdown).await?;
     queue.close().await;
     info!("worker stopped");
@@ -355,16 +372,7 @@ pub async fn run_all(settings: Settings, args: StartArgs) -> anyhow::Result<Exit
         server.await??;
         return Ok(ExitCode::SUCCESS);
     };
-    let (effective, mapping) = console_duties(&settings, &store, &queue, "run", &shutdown).await?;
-    let engine = crate::sync::reconcile::wiring::engine_for_process(
-        &effective,
-        store.clone(),
-        mapping,
-        shutdown.clone(),
-    )
-    .await?;
-    spawn_housekeeping(&settings, &store, &shutdown);
-    let worker = Arc::new(Worker::new(engine, queue.clone(), settings.worker.clone()));
+    let worker = build_worker(&settings, &store, &queue, "run", &shutdown).await?;
     let worker_task = tokio::spawn(worker.run(shutdown.clone()));
     server.await??;
     worker_task.await??;
