@@ -134,6 +134,116 @@ async fn learner_status_shows_link_contact_and_last_events() {
     assert_eq!(v["events"].as_array().unwrap().len(), 2);
 }
 
+/// `learner link` applies the learner through the rules engine with the mapping in force —
+/// in console mode the store's newest version, not the file's `[sync]` section — and
+/// reports the engine's outcome; a link the rules refuse exits non-zero with the reason and
+/// writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn learner_link_applies_the_mapping_in_force_and_says_why_it_refuses() {
+    use serde_json::json;
+    use syncback::salesforce::Record;
+    let e = env().await;
+    let insert = |sobject: &str, v: serde_json::Value| {
+        e.org
+            .insert(sobject, v.as_object().unwrap().clone())
+            .unwrap()
+    };
+    let engineering = insert("Account", json!({"Name": "Engineering"}));
+    let picked = insert("Account", json!({"Name": "Picked"}));
+    let cfg = e.config(
+        "console.toml",
+        "42",
+        "sandbox-secret",
+        None,
+        "managed_by = \"console\"",
+    );
+    // Version 1 is the file's section (rule B: the department's Account); version 2, saved
+    // from the console, picks an Account (rule A) and maps Title.
+    let file = syncback::config::Settings::from_toml(&std::fs::read_to_string(&cfg).unwrap())
+        .unwrap()
+        .sync;
+    let mut v2 = file.clone();
+    v2.account_rule = syncback::config::AccountRule::Default;
+    v2.default_account_id = picked.clone();
+    v2.field_map.insert("Title".into(), "fields.title".into());
+    let store = syncback::store::open(
+        &format!("sqlite://{}", e.dir.path().join("state.db").display()),
+        1,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .save_mapping(&file, "configuration file", None)
+            .await
+            .unwrap(),
+        Some(1)
+    );
+    assert_eq!(
+        store.save_mapping(&v2, "tester", Some(1)).await.unwrap(),
+        Some(2)
+    );
+    drop(store);
+    let learner = |id: &str, user: &str, dept: &str| {
+        serde_json::from_value(json!({"id": id, "username": user, "email": user,
+            "first_name": "Ada", "last_name": format!("L-{id}"), "department_id": dept,
+            "department_name": "Engineering", "status": "active",
+            "fields": {"title": "Engineer"}, "updated_at": "2026-11-24T10:00:00Z"}))
+        .unwrap()
+    };
+    e.lms.upsert_learner(learner("L1", "dup@x.example", "42"));
+    let contact = |email: &str| {
+        insert(
+            "Contact",
+            json!({"LastName": "Existing", "Email": email, "AccountId": engineering}),
+        )
+    };
+    contact("dup@x.example");
+    let chosen = contact("dup@x.example");
+
+    let (code, out) = syncback(args(&cfg, &["learner", "link", "L1", "--contact", &chosen])).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains(&format!("linked to Contact {chosen} (linked:")),
+        "{out}"
+    );
+    let c: Record = e.org.record("Contact", &chosen).unwrap();
+    assert_eq!(c["SkillSync_User_Id__c"], json!("L1"));
+    assert_eq!(c["AccountId"], json!(picked), "rule A of mapping version 2");
+    assert_eq!(
+        c["Title"],
+        json!("Engineer"),
+        "field map of mapping version 2"
+    );
+    assert_eq!(c["FirstName"], json!("Ada"));
+    assert_eq!(c["LastName"], json!("L-L1"));
+    let (code, out) = syncback(args(&cfg, &["learner", "status", "L1", "--json"])).await;
+    assert_eq!(code, 0, "{out}");
+    let v: serde_json::Value = serde_json::from_str(&out[out.find('{').unwrap()..]).unwrap();
+    assert_eq!(v["learner"]["link"], "linked");
+    assert_eq!(v["learner"]["contact_id"], json!(chosen));
+    let ev = &v["events"][0];
+    assert_eq!(
+        (&ev["event_type"], &ev["class"], &ev["code"]),
+        (&json!("snapshot.link"), &json!("applied"), &json!("linked")),
+        "{v}"
+    );
+
+    // Out of scope (R3): refused, with the reason; nothing written anywhere.
+    e.lms.upsert_learner(learner("L2", "out@x.example", "99"));
+    let other = contact("out@x.example");
+    let before = e.org.records("Contact");
+    let (code, out) = syncback(args(&cfg, &["learner", "link", "L2", "--contact", &other])).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("out_of_scope") && out.contains("nothing was written"),
+        "{out}"
+    );
+    assert_eq!(e.org.records("Contact"), before);
+    let (code, out) = syncback(args(&cfg, &["learner", "status", "L2"])).await;
+    assert_eq!(code, 3, "no state, no history: {out}");
+}
+
 /// `syncback demo` runs the whole flow with nothing but the binary, and its JSON logs carry
 /// the event id and learner id on every line about an event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -466,6 +466,8 @@ password_hash = "{hash}"
         .await
         .unwrap();
     css(c, "#replay").await.click().await.unwrap();
+    // The click returns before the confirmation page has replaced the list (both have an h1).
+    css(c, "#confirm").await;
     assert!(text(c, "h1").await.contains("Replay 1 dead letter?"));
     shot(c, "06-dlq-confirm").await;
     css(c, "#confirm").await.click().await.unwrap();
@@ -548,6 +550,22 @@ password_hash = "{hash}"
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     assert!(text(c, "#contact-id").await.contains(&second));
+    // Linked through the rules as R5's single match: mapped fields, the department's
+    // Account (rule B), the outcome in the learner's history.
+    let chosen = w.org.record("Contact", &second).unwrap();
+    assert_eq!(
+        (
+            &chosen["FirstName"],
+            &chosen["LastName"],
+            &chosen["AccountId"]
+        ),
+        (
+            &json!("F"),
+            &json!("Three"),
+            &json!(w.accounts["Engineering"])
+        )
+    );
+    assert!(body(c).await.contains("snapshot.link"));
     assert!(
         w.org
             .record("Contact", &first)

@@ -9,6 +9,9 @@ use crate::queue::{DlqFilter, Message, Queue};
 use crate::salesforce::{soql, Record, SalesforceApi, SfError};
 use crate::skillsync::SkillSyncApi;
 use crate::store::{AuditEntry, LearnerState, LinkState, Store};
+use crate::sync::{
+    Children, Code, Engine, Item, Origin, Outcome, OutcomeClass, SnapshotItem, SyncError,
+};
 
 /// Re-sync a learner now: fetch its SkillSync snapshot and queue it as a
 /// `learner.updated` event, so it is applied through the normal rules (R1–R12) by the
@@ -129,19 +132,113 @@ pub async fn candidates(
     Ok(out)
 }
 
-/// Link `learner_id` to the chosen Contact, as R5's single match would (R8: the
-/// Contact carries the learner id), then replay the learner's dead letters so its
-/// events are applied through the normal rules. Returns how many were replayed.
-#[allow(clippy::too_many_arguments)]
+/// What [`link`] did: the engine's outcome for the learner's snapshot, and how many of
+/// the learner's dead letters were replayed.
+#[derive(Clone, Debug)]
+pub struct Linked {
+    pub outcome: Outcome,
+    pub replayed: u64,
+}
+
+/// Does this outcome of a snapshot with a chosen Contact mean "linked to it"?
+fn links(o: &Outcome) -> bool {
+    o.class == OutcomeClass::Applied && matches!(o.code, Code::Linked | Code::Updated)
+}
+
+/// Link `learner_id` to the chosen Contact exactly as R5's single match would: the
+/// learner's SkillSync snapshot (with its enrollments and certifications) is applied through
+/// the one apply path ([`Engine::apply`], `contact_hint` = the chosen Contact), so the Contact
+/// gets the mapped fields and the link (R8), its Account (R4, R7) and the learner's records
+/// (R11), under the learner's lease, with the outcome in its history. Then the learner's
+/// dead letters are replayed so its events are applied through the normal rules, and the
+/// action is audited.
+///
+/// The engine's mapping is the one in force (the caller keeps it current). Refused, with
+/// nothing written anywhere, when the Contact is missing or linked to another learner, when
+/// the learner is linked to another Contact, and when the rules would not link it (R1 sync
+/// off, R3 out of scope, R9 inactive, R4 no Account, …: the engine's planned outcome says why).
 pub async fn link(
+    learner_id: &str,
+    contact_id: &str,
+    engine: &Engine,
+    sf: &dyn SalesforceApi,
+    ss: &dyn SkillSyncApi,
+    queue: &dyn Queue,
+    actor: &str,
+) -> anyhow::Result<Linked> {
+    let s = engine.settings();
+    let store = engine.store().as_ref();
+    let before = check_link(learner_id, contact_id, &s, sf, store).await?;
+    let item = Item::Snapshot(snapshot(learner_id, contact_id, ss).await?);
+    // What the rules would do, writing nothing (Engine::plan): a link they refuse leaves
+    // Salesforce, the store and the dead letters as they are.
+    let planned = first(engine.plan(vec![item.clone()]).await)?;
+    if !links(&planned) {
+        anyhow::bail!(
+            "the rules do not link learner {learner_id} to Contact {contact_id} ({} {}): {}; nothing was written",
+            planned.class.as_str(),
+            planned.code,
+            planned.detail
+        );
+    }
+    let outcome = first(engine.apply(vec![item]).await)?;
+    if !links(&outcome) {
+        anyhow::bail!(
+            "learner {learner_id} was not linked to Contact {contact_id} ({} {}): {}",
+            outcome.class.as_str(),
+            outcome.code,
+            outcome.detail
+        );
+    }
+    let replayed = queue
+        .dlq_replay(
+            &DlqFilter {
+                learner: Some(learner_id.to_string()),
+                ..Default::default()
+            },
+            &|_| {},
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("replaying the learner's dead letters: {e}"))?;
+    store
+        .add_audit(&AuditEntry {
+            at: Utc::now(),
+            actor: actor.into(),
+            action: "learner.link".into(),
+            target: format!("learner {learner_id}"),
+            before: Some(match &before {
+                Some(b) => format!(
+                    "{} {}",
+                    b.link.as_str(),
+                    b.contact_id.as_deref().unwrap_or("-")
+                ),
+                None => "never synced".into(),
+            }),
+            after: Some(format!(
+                "{} {contact_id} ({}); {replayed} dead letters replayed",
+                outcome.code, outcome.detail
+            )),
+        })
+        .await?;
+    Ok(Linked { outcome, replayed })
+}
+
+/// The one result of a batch of one; a transient error means nothing was recorded.
+fn first(mut r: Vec<Result<Outcome, SyncError>>) -> anyhow::Result<Outcome> {
+    r.pop()
+        .expect("one result per item")
+        .map_err(|e| anyhow::anyhow!("nothing was written, try again: {e}"))
+}
+
+/// The checks before a link (R8: one learner per Contact, one Contact per learner).
+/// Returns the learner's state before.
+async fn check_link(
     learner_id: &str,
     contact_id: &str,
     s: &SyncSettings,
     sf: &dyn SalesforceApi,
     store: &dyn Store,
-    queue: &dyn Queue,
-    actor: &str,
-) -> anyhow::Result<u64> {
+) -> anyhow::Result<Option<LearnerState>> {
     let contact = match sf
         .get("Contact", contact_id, &["Id", s.link_field.as_str()])
         .await
@@ -179,50 +276,32 @@ pub async fn link(
     {
         anyhow::bail!("learner {learner_id} is already linked to Contact {o}");
     }
-    let mut fields = Record::new();
-    fields.insert(s.link_field.clone(), json!(learner_id));
-    sf.update("Contact", contact_id, &fields)
+    Ok(before)
+}
+
+/// The learner's SkillSync snapshot with its enrollments and certifications (as reconcile
+/// repairs it), to be applied with the chosen Contact as R5's single match.
+async fn snapshot(
+    learner_id: &str,
+    contact_id: &str,
+    ss: &dyn SkillSyncApi,
+) -> anyhow::Result<SnapshotItem> {
+    let learner = ss
+        .learner(learner_id)
         .await
-        .map_err(|e| anyhow::anyhow!("Salesforce: {e}"))?;
-    let now = Utc::now();
-    let state = LearnerState {
-        learner_id: learner_id.to_string(),
-        contact_id: Some(contact_id.to_string()),
-        link: LinkState::Linked,
-        account_id: before.as_ref().and_then(|b| b.account_id.clone()),
-        last_outcome: Some("linked_by_admin".into()),
-        last_error: None,
-        updated_at: now,
-    };
-    store.put_learner(&state).await?;
-    let replayed = queue
-        .dlq_replay(
-            &DlqFilter {
-                learner: Some(learner_id.to_string()),
-                ..Default::default()
-            },
-            &|_| {},
-        )
-        .await
-        .map_err(|e| anyhow::anyhow!("replaying the learner's dead letters: {e}"))?;
-    store
-        .add_audit(&AuditEntry {
-            at: now,
-            actor: actor.into(),
-            action: "learner.link".into(),
-            target: format!("learner {learner_id}"),
-            before: Some(match &before {
-                Some(b) => format!(
-                    "{} {}",
-                    b.link.as_str(),
-                    b.contact_id.as_deref().unwrap_or("-")
-                ),
-                None => "never synced".into(),
-            }),
-            after: Some(format!(
-                "linked {contact_id}; {replayed} dead letters replayed"
-            )),
-        })
-        .await?;
-    Ok(replayed)
+        .map_err(|e| anyhow::anyhow!("SkillSync: {e}"))?
+        .ok_or_else(|| anyhow::anyhow!("SkillSync has no learner {learner_id}"))?;
+    let (enrollments, certifications) =
+        futures::try_join!(ss.enrollments(learner_id), ss.certifications(learner_id))
+            .map_err(|e| anyhow::anyhow!("SkillSync: {e}"))?;
+    Ok(SnapshotItem {
+        learner,
+        children: Some(Children {
+            enrollments,
+            certifications,
+        }),
+        origin: Origin::Link,
+        keep_fields: false,
+        contact_hint: Some(contact_id.to_string()),
+    })
 }

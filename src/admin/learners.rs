@@ -242,7 +242,14 @@ pub async fn learner_resync(
     Path(id): Path<String>,
 ) -> Response {
     let i = c.inner();
-    let to = match actions::resync(&id, &i.ss, i.queue.as_ref(), i.store.as_ref(), &who.user).await
+    let to = match actions::resync(
+        &id,
+        i.ss.as_ref(),
+        i.queue.as_ref(),
+        i.store.as_ref(),
+        &who.user,
+    )
+    .await
     {
         Ok(ev) => format!(
             "/learners/{}?flash={}",
@@ -388,27 +395,30 @@ pub async fn resolve_link(
         )
         .await;
     };
-    let s = mapping::current(i.store.as_ref(), &i.settings.sync)
-        .await
-        .map(|v| v.settings)
-        .unwrap_or_else(|_| i.settings.sync.clone());
+    let engine = match i.engine().await {
+        Ok(e) => e,
+        Err(e) => return resolve_page(&c, &who, &event_id, Some(e.to_string())).await,
+    };
     match actions::link(
         &learner_id,
         f.contact_id.trim(),
-        &s,
+        engine,
         &i.sf,
-        i.store.as_ref(),
+        i.ss.as_ref(),
         i.queue.as_ref(),
         &who.user,
     )
     .await
     {
-        Ok(n) => Redirect::to(&format!(
+        Ok(l) => Redirect::to(&format!(
             "/learners/{}?flash={}",
             urlenc(&learner_id),
             urlenc(&format!(
-                "Linked to Contact {}; {n} dead letter(s) replayed.",
-                f.contact_id.trim()
+                "Linked to Contact {} ({}: {}); {} dead letter(s) replayed.",
+                f.contact_id.trim(),
+                l.outcome.code,
+                l.outcome.detail,
+                l.replayed
             ))
         ))
         .into_response(),

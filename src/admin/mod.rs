@@ -48,7 +48,11 @@ pub(crate) struct Inner {
     pub store: Arc<dyn Store>,
     pub queue: Arc<dyn Queue>,
     pub sf: crate::salesforce::Client,
-    pub ss: crate::skillsync::Client,
+    pub ss: Arc<crate::skillsync::Client>,
+    /// The rules engine for "link to this Contact" (built by the composition root,
+    /// [`crate::app::build`]); its mapping is set from [`Inner::mapping`] before each use.
+    engine: Arc<crate::sync::Engine>,
+    mapping: crate::sync::SettingsWatch,
     pub auth: Auth,
     pub views: views::Views,
     pub jobs: Mutex<HashMap<String, dlq::Job>>,
@@ -62,25 +66,38 @@ pub(crate) struct Authed {
 }
 
 impl Console {
-    /// Build the console from configuration (the `[admin]` section must be valid).
-    pub fn new(
+    /// Build the console from configuration (the `[admin]` section must be valid): its
+    /// Salesforce and SkillSync clients and its rules engine come from the composition root.
+    pub async fn new(
         settings: &Settings,
         store: Arc<dyn Store>,
         queue: Arc<dyn Queue>,
     ) -> anyhow::Result<Self> {
         let problems = settings.admin_problems();
         anyhow::ensure!(problems.is_empty(), "{}", problems.join("; "));
-        let sf = crate::salesforce::Client::new(&settings.salesforce)
-            .map_err(|e| anyhow::anyhow!("Salesforce client: {e}"))?;
-        let ss = crate::skillsync::Client::new(&settings.skillsync)
-            .map_err(|e| anyhow::anyhow!("SkillSync client: {e}"))?;
+        let (mapping, handle) = crate::sync::SettingsHandle::channel(settings.sync.clone());
+        let parts = crate::app::build(
+            settings,
+            store.clone(),
+            crate::app::Options {
+                priority: crate::salesforce::Priority::Live,
+                mapping: Some(handle),
+                // The console starts (and shows what is wrong) with an invalid source
+                // department; the engine's R3 scope check still applies to each link.
+                validate_source: false,
+                mark_uncertain: true,
+            },
+        )
+        .await?;
         Ok(Self {
             inner: Arc::new(Inner {
                 settings: settings.clone(),
                 store,
                 queue,
-                sf,
-                ss,
+                sf: parts.salesforce,
+                ss: parts.skillsync,
+                engine: parts.engine,
+                mapping,
                 auth: Auth::new(&settings.admin),
                 views: views::Views::new()?,
                 jobs: Mutex::new(HashMap::new()),
@@ -90,6 +107,19 @@ impl Console {
 
     pub(crate) fn inner(&self) -> &Inner {
         &self.inner
+    }
+}
+
+impl Inner {
+    /// The console's engine, with the mapping in force now: the file's, or (console mode)
+    /// the store's newest version — the source `work`/`run` processes load it from
+    /// ([`mapping::current`]).
+    pub(crate) async fn engine(&self) -> anyhow::Result<&crate::sync::Engine> {
+        let v = mapping::current(self.store.as_ref(), &self.settings.sync)
+            .await
+            .map_err(|e| anyhow::anyhow!("reading the mapping in force: {e}"))?;
+        self.mapping.publish(v.settings);
+        Ok(&self.engine)
     }
 }
 

@@ -308,7 +308,7 @@ pub async fn mapping_save(
     match mapping::save(
         i.store.as_ref(),
         &i.sf,
-        &i.ss,
+        i.ss.as_ref(),
         &base,
         next.clone(),
         &who.user,

@@ -241,7 +241,7 @@ async fn console_duties(
     };
     spawn_heartbeat(store.clone(), role, versions, shutdown.clone());
     if !settings.admin.listen.is_empty() {
-        let console = crate::admin::Console::new(settings, store.clone(), queue.clone())?;
+        let console = crate::admin::Console::new(settings, store.clone(), queue.clone()).await?;
         let listener = bind(&settings.admin.listen, "admin.listen").await?;
         info!(listen = %listener.local_addr()?, "admin console listening");
         tokio::spawn(crate::admin::serve(

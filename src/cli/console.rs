@@ -155,23 +155,45 @@ pub async fn learner_link(
     let queue = crate::queue::connect(&settings.queue)
         .await
         .context("connecting to the broker (queue.url)")?;
-    let sf = crate::salesforce::Client::new(&settings.salesforce)?;
+    // The mapping in force: the file's, or (console mode) the store's newest version, as
+    // `work`/`run` load it; the engine comes from the composition root.
     let s = mapping::current(store.as_ref(), &settings.sync)
-        .await?
+        .await
+        .context("reading the mapping in force (sync.managed_by = \"console\")")?
         .settings;
-    let r = actions::link(
-        id,
-        contact,
-        &s,
-        &sf,
-        store.as_ref(),
-        queue.as_ref(),
-        &actor(who),
+    let parts = crate::app::build(
+        &settings,
+        store.clone(),
+        crate::app::Options {
+            priority: crate::salesforce::Priority::Live,
+            mapping: Some(crate::sync::SettingsHandle::fixed(s)),
+            // R3 still decides whether the learner can be linked.
+            validate_source: false,
+            mark_uncertain: true,
+        },
     )
     .await;
+    let r = match parts {
+        Ok(p) => {
+            actions::link(
+                id,
+                contact,
+                &p.engine,
+                &p.salesforce,
+                p.skillsync.as_ref(),
+                queue.as_ref(),
+                &actor(who),
+            )
+            .await
+        }
+        Err(e) => Err(e),
+    };
     queue.close().await;
-    let n = r?;
-    println!("learner {id} linked to Contact {contact}; {n} dead letters replayed");
+    let l = r?;
+    println!(
+        "learner {id} linked to Contact {contact} ({}: {}); {} dead letters replayed; `syncback learner status {id}` shows its history",
+        l.outcome.code, l.outcome.detail, l.replayed
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -193,7 +215,7 @@ pub async fn serve_demo_console(
         name: DEMO_USER.into(),
         password_hash: crate::config::Secret::new(auth::hash_password(DEMO_PASSWORD)?),
     }];
-    let console = crate::admin::Console::new(&s, store, queue)?;
+    let console = crate::admin::Console::new(&s, store, queue).await?;
     let listener = tokio::net::TcpListener::bind(&s.admin.listen)
         .await
         .context("binding the demo console")?;

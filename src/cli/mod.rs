@@ -203,7 +203,8 @@ pub enum LearnerCmd {
         #[arg(long)]
         actor: Option<String>,
     },
-    /// Link the learner to a Contact (resolving `contact_ambiguous`), then replay its
+    /// Link the learner to a Contact (resolving `contact_ambiguous`): apply its SkillSync
+    /// snapshot through the rules with that Contact as R5's single match, then replay its
     /// dead letters.
     Link {
         /// The SkillSync learner id.
