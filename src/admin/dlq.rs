@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pages::urlenc;
 use super::{page, Authed, Console};
-use crate::queue::DlqFilter;
+use crate::queue::{DlqFilter, DlqProgress};
 use crate::store::AuditEntry;
 
 /// A replay or purge running in the background.
@@ -271,16 +271,26 @@ pub async fn action(
     };
     tokio::spawn(async move {
         let i = c2.inner();
-        let progress = |n: u64| {
+        // `done_count` counts dead letters replayed or purged; the bar follows them, or
+        // for a purge how much of the DLQ was gone through when the backend knows its depth.
+        let update = |n: u64, pct: u64| {
             if let Some(j) = i.jobs.lock().unwrap().get_mut(&jid) {
                 j.done_count = n;
-                j.pct = (n * 100 / j.total.max(1)).min(100);
+                j.pct = pct.min(100);
             }
         };
         let result = if op == "replay" {
+            let progress = |n: u64| update(n, n * 100 / count.max(1));
             i.queue.dlq_replay(&filter, &progress).await
         } else {
-            i.queue.dlq_purge(&filter).await
+            let progress = |p: DlqProgress| {
+                let pct = match p.total {
+                    Some(t) => p.seen * 100 / t.max(1),
+                    None => p.removed * 100 / count.max(1),
+                };
+                update(p.removed, pct)
+            };
+            i.queue.dlq_purge(&filter, &progress).await
         };
         let (n, err) = match result {
             Ok(n) => (n, None),
