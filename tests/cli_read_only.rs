@@ -183,3 +183,52 @@ async fn read_only_commands_on_a_postgres_database_without_tables_say_so() {
         .await
         .unwrap();
 }
+
+/// `mapping show` only reads: file mode needs no store at all; console mode opens it
+/// read-only, so a missing SQLite path is an error naming `store.url` and no file appears;
+/// on a prepared store with no version saved yet it shows the `[sync]` section to be
+/// seeded and seeds nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mapping_show_never_creates_or_writes_the_store() {
+    let e = env().await;
+    let missing = e.dir.path().join("nowhere.db");
+    let url = format!("sqlite://{}", missing.display());
+
+    let file_mode = config_with_store(&e, "file.toml", &url, "");
+    let (code, out, err) = syncback_split(args(&file_mode, &["mapping", "show"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("managed_by            file"), "{out}");
+    assert!(out.contains("source_department_id  42"), "{out}");
+    assert!(
+        !missing.exists(),
+        "file mode: no store opened, none created"
+    );
+
+    let console_mode = config_with_store(&e, "console.toml", &url, r#"managed_by = "console""#);
+    let (code, out, err) = syncback_split(args(&console_mode, &["mapping", "show"])).await;
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        err.contains("store.url") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        !missing.exists(),
+        "console mode: no database created at a missing path"
+    );
+
+    let store = syncback::store::open(&url, 1).await.unwrap();
+    let (code, out, err) =
+        syncback_split(args(&console_mode, &["mapping", "show", "--json"])).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["managed_by"], "console", "{v}");
+    assert!(v["version"].is_null(), "{v}");
+    assert_eq!(v["settings"]["source_department_id"], "42", "{v}");
+    let (code, out, _) = syncback_split(args(&console_mode, &["mapping", "show"])).await;
+    assert_eq!(code, 0);
+    assert!(out.contains("no version saved yet"), "{out}");
+    assert!(
+        store.latest_mapping().await.unwrap().is_none(),
+        "mapping show seeded nothing"
+    );
+}
