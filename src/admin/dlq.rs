@@ -283,13 +283,7 @@ pub async fn action(
             let progress = |n: u64| update(n, n * 100 / count.max(1));
             i.queue.dlq_replay(&filter, &progress).await
         } else {
-            let progress = |p: DlqProgress| {
-                let pct = match p.total {
-                    Some(t) => p.seen * 100 / t.max(1),
-                    None => p.removed * 100 / count.max(1),
-                };
-                update(p.removed, pct)
-            };
+            let progress = |p: DlqProgress| update(p.removed, purge_pct(p, count));
             i.queue.dlq_purge(&filter, &progress).await
         };
         let (n, err) = match result {
@@ -320,6 +314,16 @@ pub async fn action(
             .await;
     });
     Redirect::to(&format!("/dlq/jobs/{job_id}")).into_response()
+}
+
+/// A purge job's bar: how much of the DLQ was gone through when the backend knows its
+/// depth (the matching dead letters may all be near its head), else the share of the
+/// `count` matching ones removed.
+fn purge_pct(p: DlqProgress, count: u64) -> u64 {
+    match p.total {
+        Some(t) => p.seen * 100 / t.max(1),
+        None => p.removed * 100 / count.max(1),
+    }
 }
 
 fn filter_text(f: &Filters) -> String {
@@ -361,5 +365,24 @@ pub async fn job(
             "No such job",
             "This replay/purge is not known to this console process.",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_bar_follows_the_dlq_gone_through_when_its_depth_is_known() {
+        let p = |seen, total, removed| DlqProgress {
+            seen,
+            total,
+            removed,
+        };
+        // All 3 matching removed a quarter of the way through a DLQ of 200: 25 %, not 100 %.
+        assert_eq!(purge_pct(p(50, Some(200), 3), 3), 25);
+        assert_eq!(purge_pct(p(200, Some(200), 3), 3), 100);
+        assert_eq!(purge_pct(p(7, None, 1), 4), 25);
+        assert_eq!(purge_pct(p(0, Some(0), 0), 0), 0);
     }
 }
