@@ -1,10 +1,10 @@
 //! Dead-letter queue browsing: list, replay and purge without losing or reordering a
 //! dead letter (docs/rules.md R13).
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
-use lapin::types::FieldTable;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions, QueuePurgeOptions};
+use lapin::types::FieldTable;
 use lapin::Channel;
 use tracing::{info, warn};
 
