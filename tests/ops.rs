@@ -427,3 +427,143 @@ async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     assert!(applied >= 1, "in-flight work was finished, not abandoned");
     drop_queues(&s);
 }
+
+/// `dlq list` and `dlq purge` report progress on RabbitMQ (R13): one report per dead letter
+/// gone through, the DLQ's depth as the total, the running count removed; emptying the
+/// whole DLQ is one step and one report. The CLI's `--json` stdout stays JSON lines only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dlq_list_and_purge_report_progress_on_rabbitmq() {
+    use syncback::queue::{DlqProgress, Failure};
+    let Some(amqp) = syncback::testing::rabbitmq() else {
+        return;
+    };
+    let w = world().await;
+    let dir = tempfile::tempdir().unwrap();
+    let s = settings(
+        &w,
+        "rabbitmq",
+        &amqp,
+        &syncback::testing::unique_prefix("ops_dlq_progress"),
+        &format!("sqlite://{}", dir.path().join("state.db").display()),
+    );
+    let queue = syncback::queue::connect(&s.queue).await.unwrap();
+    let ids = [
+        "evt_pg_a", "evt_pg_b", "evt_pg_c", "evt_pg_d", "evt_pg_e", "evt_pg_f",
+    ];
+    let t = Utc::now();
+    for id in ids {
+        let ev = learner_event(id, "PG1", ("42", "Engineering"), t);
+        queue
+            .publish(&Message {
+                webhook_id: id.into(),
+                received_at: t,
+                envelope: ev,
+            })
+            .await
+            .unwrap();
+    }
+    let mut sub = queue.subscribe(10).await.unwrap();
+    for kind in ["x", "y", "x", "y", "x", "y"] {
+        let d = sub.next().await.unwrap().unwrap();
+        d.dead_letter(&Failure {
+            kind: kind.into(),
+            message: "progress test".into(),
+            learner_id: Some("PG1".into()),
+        })
+        .await
+        .unwrap();
+    }
+    sub.cancel().await.unwrap();
+    let q = queue.clone();
+    eventually(30, "six dead letters", || {
+        let q = q.clone();
+        async move { q.depths().await.unwrap().dead == 6 }
+    })
+    .await;
+
+    let reports = std::sync::Mutex::new(Vec::new());
+    let record = |p: DlqProgress| reports.lock().unwrap().push(p);
+    let take = || std::mem::take(&mut *reports.lock().unwrap());
+    let listed = queue.dlq_list_with_progress(&record).await.unwrap();
+    assert_eq!(listed.len(), 6);
+    let expected: Vec<_> = (1..=6)
+        .map(|n| DlqProgress {
+            seen: n,
+            total: Some(6),
+            removed: 0,
+        })
+        .collect();
+    assert_eq!(take(), expected);
+
+    let x = DlqFilter {
+        reason: Some("x".into()),
+        ..Default::default()
+    };
+    assert_eq!(queue.dlq_purge(&x, &record).await.unwrap(), 3);
+    let got = take();
+    assert_eq!(
+        got.iter().map(|p| (p.seen, p.removed)).collect::<Vec<_>>(),
+        [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3), (6, 3)]
+    );
+    assert!(got.iter().all(|p| p.total == Some(6)), "{got:?}");
+
+    // The CLI: JSON lines only on stdout (progress goes to stderr, and only on a terminal).
+    let cfg = write_config(dir.path(), &s);
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_syncback"))
+            .arg("--config")
+            .arg(&cfg)
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["dlq", "list", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let listed: Vec<String> = stdout
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?}: {e}"));
+            v["message"]["webhook_id"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert_eq!(
+        listed,
+        ["evt_pg_b", "evt_pg_d", "evt_pg_f"],
+        "the rest, in order"
+    );
+    let out = cli(&["dlq", "purge", "--id", "evt_pg_d", "--yes"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "purged 1 dead letters"
+    );
+
+    assert_eq!(
+        queue
+            .dlq_purge(&DlqFilter::default(), &record)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(
+        take(),
+        [DlqProgress {
+            seen: 2,
+            total: Some(2),
+            removed: 2
+        }]
+    );
+    assert!(queue.dlq_list().await.unwrap().is_empty());
+    queue.close().await;
+    drop_queues(&s);
+}

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::pages::urlenc;
 use super::{page, Authed, Console};
-use crate::queue::DlqFilter;
+use crate::queue::{DlqFilter, DlqProgress};
 use crate::store::AuditEntry;
 
 /// A replay or purge running in the background.
@@ -271,16 +271,20 @@ pub async fn action(
     };
     tokio::spawn(async move {
         let i = c2.inner();
-        let progress = |n: u64| {
+        // `done_count` counts dead letters replayed or purged; the bar follows them, or
+        // for a purge how much of the DLQ was gone through when the backend knows its depth.
+        let update = |n: u64, pct: u64| {
             if let Some(j) = i.jobs.lock().unwrap().get_mut(&jid) {
                 j.done_count = n;
-                j.pct = (n * 100 / j.total.max(1)).min(100);
+                j.pct = pct.min(100);
             }
         };
         let result = if op == "replay" {
+            let progress = |n: u64| update(n, n * 100 / count.max(1));
             i.queue.dlq_replay(&filter, &progress).await
         } else {
-            i.queue.dlq_purge(&filter).await
+            let progress = |p: DlqProgress| update(p.removed, purge_pct(p, count));
+            i.queue.dlq_purge(&filter, &progress).await
         };
         let (n, err) = match result {
             Ok(n) => (n, None),
@@ -310,6 +314,16 @@ pub async fn action(
             .await;
     });
     Redirect::to(&format!("/dlq/jobs/{job_id}")).into_response()
+}
+
+/// A purge job's bar: how much of the DLQ was gone through when the backend knows its
+/// depth (the matching dead letters may all be near its head), else the share of the
+/// `count` matching ones removed.
+fn purge_pct(p: DlqProgress, count: u64) -> u64 {
+    match p.total {
+        Some(t) => p.seen * 100 / t.max(1),
+        None => p.removed * 100 / count.max(1),
+    }
 }
 
 fn filter_text(f: &Filters) -> String {
@@ -351,5 +365,24 @@ pub async fn job(
             "No such job",
             "This replay/purge is not known to this console process.",
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn purge_bar_follows_the_dlq_gone_through_when_its_depth_is_known() {
+        let p = |seen, total, removed| DlqProgress {
+            seen,
+            total,
+            removed,
+        };
+        // All 3 matching removed a quarter of the way through a DLQ of 200: 25 %, not 100 %.
+        assert_eq!(purge_pct(p(50, Some(200), 3), 3), 25);
+        assert_eq!(purge_pct(p(200, Some(200), 3), 3), 100);
+        assert_eq!(purge_pct(p(7, None, 1), 4), 25);
+        assert_eq!(purge_pct(p(0, Some(0), 0), 0), 0);
     }
 }

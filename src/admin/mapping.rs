@@ -57,30 +57,55 @@ pub enum SaveError {
     Store(#[from] StoreError),
 }
 
-/// The mapping in force for `file` (the `[sync]` section of the configuration).
+/// The mapping in force for `file` (the `[sync]` section of the configuration). Console
+/// mode, first use: seeds version 1 from it.
 pub async fn current(store: &dyn Store, file: &SyncSettings) -> Result<MappingView, StoreError> {
     if file.managed_by == ManagedBy::File {
-        return Ok(MappingView {
-            settings: file.clone(),
-            managed_by: ManagedBy::File,
-            version: None,
-            saved_by: None,
-            saved_at: None,
-        });
+        return Ok(of_file(file));
     }
     let latest = match store.latest_mapping().await? {
         Some(v) => v,
         None => seed(store, file).await?,
     };
+    Ok(stored(latest))
+}
+
+/// [`current`] without writing (`mapping show` on a read-only store): in console mode
+/// with no version saved yet, the `[sync]` section that will become version 1, unversioned.
+pub async fn peek(store: &dyn Store, file: &SyncSettings) -> Result<MappingView, StoreError> {
+    if file.managed_by == ManagedBy::File {
+        return Ok(of_file(file));
+    }
+    Ok(match store.latest_mapping().await? {
+        Some(v) => stored(v),
+        None => MappingView {
+            managed_by: ManagedBy::Console,
+            ..of_file(file)
+        },
+    })
+}
+
+/// The `[sync]` section itself (file mode: the mapping in force; needs no store).
+pub fn of_file(file: &SyncSettings) -> MappingView {
+    MappingView {
+        settings: file.clone(),
+        managed_by: ManagedBy::File,
+        version: None,
+        saved_by: None,
+        saved_at: None,
+    }
+}
+
+fn stored(latest: crate::store::MappingVersion) -> MappingView {
     let mut settings = latest.settings;
     settings.managed_by = ManagedBy::Console;
-    Ok(MappingView {
+    MappingView {
         settings,
         managed_by: ManagedBy::Console,
         version: Some(latest.version),
         saved_by: Some(latest.saved_by),
         saved_at: Some(latest.saved_at),
-    })
+    }
 }
 
 /// Console mode, first start: the `[sync]` section becomes version 1.

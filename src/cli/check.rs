@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use crate::config::{Role, Settings};
 use crate::salesforce::SalesforceApi;
+use crate::store::{SchemaState, Store};
 
 use super::{exit, stores};
 
@@ -115,12 +116,30 @@ async fn check_store(settings: &Settings, report: &mut impl FnMut(bool, String))
             return;
         }
     }
-    match stores::open_read_only(settings).await {
-        Ok(s) => match s.ping().await {
-            Ok(()) => report(true, "store reachable (store.url)".into()),
-            Err(e) => report(false, format!("store (store.url): {e}")),
-        },
-        Err(e) => report(false, format!("store: {e:#}")),
+    let s = match stores::connect_read_only(settings).await {
+        Ok(s) => s,
+        Err(e) => return report(false, format!("store: {e:#}")),
+    };
+    if let Err(e) = s.ping().await {
+        return report(false, format!("store (store.url): {e}"));
+    }
+    // Tables missing or behind are normal before the first start: `work`/`run` migrate.
+    match s.schema_state().await {
+        Ok(SchemaState::Current) => report(true, "store reachable (store.url)".into()),
+        Ok(SchemaState::Missing) => report(
+            true,
+            format!(
+                "store reachable; {} has no syncback tables yet: `work`/`run` will create them (store.url)",
+                stores::describe(url)
+            ),
+        ),
+        Ok(SchemaState::Behind { applied, latest }) => report(
+            true,
+            format!(
+                "store reachable; its schema is at migration {applied} of {latest}: `work`/`run` will bring it up to date (store.url)"
+            ),
+        ),
+        Err(e) => report(false, format!("store (store.url): {e}")),
     }
 }
 

@@ -10,7 +10,7 @@ use anyhow::Context;
 
 use super::MappingCmd;
 use crate::admin::{actions, auth, mapping};
-use crate::config::{Role, Settings};
+use crate::config::{ManagedBy, Role, Settings};
 use crate::store::Store;
 
 fn actor(given: Option<String>) -> String {
@@ -42,8 +42,15 @@ pub async fn mapping(settings: Settings, cmd: MappingCmd) -> anyhow::Result<Exit
     match cmd {
         MappingCmd::Show { json } => {
             settings.validate_for(Role::Status)?;
-            let store = open_store(&settings).await?;
-            let v = mapping::current(store.as_ref(), &settings.sync).await?;
+            // Only reads: the file's [sync] section needs no store; console mode opens it
+            // read-only (never created or migrated here) and seeds nothing.
+            let v = match settings.sync.managed_by {
+                ManagedBy::File => mapping::of_file(&settings.sync),
+                ManagedBy::Console => {
+                    let store = super::stores::open_read_only(&settings).await?;
+                    mapping::peek(store.as_ref(), &settings.sync).await?
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&v)?);
             } else {
@@ -92,13 +99,19 @@ pub async fn mapping(settings: Settings, cmd: MappingCmd) -> anyhow::Result<Exit
 
 fn print_mapping(v: &mapping::MappingView) {
     let s = &v.settings;
-    match v.version {
-        Some(n) => println!(
+    match (v.managed_by, v.version) {
+        (ManagedBy::Console, Some(n)) => println!(
             "managed_by            console (version {n}, saved by {} at {})",
             v.saved_by.as_deref().unwrap_or("?"),
             v.saved_at.map(|t| t.to_rfc3339()).unwrap_or_default()
         ),
-        None => println!("managed_by            file (the [sync] section of the configuration)"),
+        (ManagedBy::Console, None) => println!(
+            "managed_by            console (no version saved yet: the [sync] section below \
+             becomes version 1 at the first `work`/`run` or `mapping set`)"
+        ),
+        (ManagedBy::File, _) => {
+            println!("managed_by            file (the [sync] section of the configuration)")
+        }
     }
     println!("enabled               {}", s.enabled);
     println!("source_department_id  {}", s.source_department_id);

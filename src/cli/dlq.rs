@@ -4,11 +4,11 @@ use std::io::{BufRead, Write};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 
 use super::DlqCmd;
 use crate::config::{Role, Settings};
-use crate::queue::{self, DeadLetter, DlqFilter};
+use crate::queue::{self, DeadLetter, DlqFilter, DlqProgress};
 
 pub async fn run(settings: Settings, cmd: DlqCmd) -> anyhow::Result<ExitCode> {
     settings.validate_for(Role::Dlq)?;
@@ -28,10 +28,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 event_type: a.event_type,
                 ..Default::default()
             };
-            let bar = spinner("reading the dead-letter queue");
-            let all = q.dlq_list().await;
-            bar.finish_and_clear();
-            let all = all?;
+            let all = list(q).await?;
             let shown: Vec<&DeadLetter> = all.iter().filter(|d| filter.matches(d)).collect();
             if a.json {
                 for d in &shown {
@@ -44,7 +41,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
             Ok(ExitCode::SUCCESS)
         }
         DlqCmd::Show { id } => {
-            let all = q.dlq_list().await?;
+            let all = list(q).await?;
             match all.iter().find(|d| d.message.webhook_id == id) {
                 Some(d) => {
                     println!("{}", serde_json::to_string_pretty(d)?);
@@ -62,7 +59,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 reason: a.reason,
                 ..Default::default()
             };
-            let all = q.dlq_list().await?;
+            let all = list(q).await?;
             let matching: Vec<&DeadLetter> = all.iter().filter(|d| filter.matches(d)).collect();
             if a.dry_run {
                 print_table(&matching);
@@ -70,12 +67,8 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 return Ok(ExitCode::SUCCESS);
             }
             let bar = ProgressBar::new(matching.len() as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "replaying {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
-                )
-                .expect("static template"),
-            );
+            bar.set_style(bar_style());
+            bar.set_message("replaying");
             let progress = |n: u64| bar.set_position(n);
             let n = q.dlq_replay(&filter, &progress).await?;
             bar.finish_and_clear();
@@ -88,10 +81,7 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 reason: a.reason,
                 ..Default::default()
             };
-            let bar = spinner("reading the dead-letter queue");
-            let listed = q.dlq_list().await;
-            bar.finish_and_clear();
-            let count = listed?.iter().filter(|d| filter.matches(d)).count();
+            let count = list(q).await?.iter().filter(|d| filter.matches(d)).count();
             if count == 0 {
                 println!("nothing to purge");
                 return Ok(ExitCode::SUCCESS);
@@ -100,8 +90,12 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
                 println!("aborted");
                 return Ok(ExitCode::FAILURE);
             }
-            let bar = spinner(&format!("deleting {count} dead letters"));
-            let n = q.dlq_purge(&filter).await;
+            let bar = dlq_bar(&format!("deleting {count} dead letters"));
+            let progress = |p: DlqProgress| {
+                follow(&bar, p);
+                bar.set_message(format!("deleting: {} of {count} removed", p.removed));
+            };
+            let n = q.dlq_purge(&filter, &progress).await;
             bar.finish_and_clear();
             let n = n?;
             println!("purged {n} dead letters");
@@ -110,16 +104,46 @@ async fn command(q: &dyn queue::Queue, cmd: DlqCmd) -> anyhow::Result<ExitCode> 
     }
 }
 
-/// A spinner on stderr (drawn only on a terminal) while a DLQ-wide call runs: the queue
-/// API reports no progress for listing and purging, so this shows the time it takes.
-fn spinner(what: &str) -> ProgressBar {
-    let b = ProgressBar::new_spinner();
+/// Every dead letter, with a bar while the DLQ is read.
+async fn list(q: &dyn queue::Queue) -> anyhow::Result<Vec<DeadLetter>> {
+    let bar = dlq_bar("reading the dead-letter queue");
+    let all = q.dlq_list_with_progress(&|p| follow(&bar, p)).await;
+    bar.finish_and_clear();
+    Ok(all?)
+}
+
+/// A bar on stderr following a DLQ-wide call (indicatif draws it only when stderr is a
+/// terminal, so `--json` on stdout stays clean): a spinner with the count until the
+/// backend reports the total, then count/total, rate and ETA.
+fn dlq_bar(what: &str) -> ProgressBar {
+    let b = ProgressBar::no_length();
     b.set_style(
-        ProgressStyle::with_template("{spinner} {msg} ({elapsed})").expect("static template"),
+        ProgressStyle::with_template("{spinner} {msg} {human_pos} ({elapsed})")
+            .expect("static template"),
     );
     b.set_message(what.to_string());
     b.enable_steady_tick(std::time::Duration::from_millis(200));
     b
+}
+
+/// Move `bar` to `p`, switching to a bar with count/total, rate and ETA once the total is known.
+fn follow(bar: &ProgressBar, p: DlqProgress) {
+    if let Some(total) = p.total {
+        if bar.length() != Some(total) {
+            bar.set_length(total);
+            bar.set_style(bar_style());
+        }
+    }
+    bar.set_position(p.seen);
+}
+
+/// `{msg} [bar to the terminal's width] count/total (rate/s, eta …)`.
+fn bar_style() -> ProgressStyle {
+    ProgressStyle::with_template("{msg} {wide_bar} {human_pos}/{human_len} ({rate}, eta {eta})")
+        .expect("static template")
+        .with_key("rate", |s: &ProgressState, w: &mut dyn std::fmt::Write| {
+            let _ = write!(w, "{:.0}/s", s.per_sec());
+        })
 }
 
 fn confirm(prompt: &str) -> anyhow::Result<bool> {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 
 use crate::config::Settings;
-use crate::store::{self, Store};
+use crate::store::{self, SchemaState, SqlStore, Store};
 
 /// How long a TCP probe of the broker or PostgreSQL may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -91,8 +91,35 @@ pub async fn open(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
 }
 
 /// Open the store for a command that only reads: never creates a SQLite file (a mistyped
-/// path is an error naming `store.url`), opens it read-only, runs no migration.
+/// path is an error naming `store.url`), opens it read-only, runs no migration, and
+/// requires syncback's tables (a database no `work`/`run` has prepared is an error saying
+/// so, not a raw "relation does not exist").
 pub async fn open_read_only(settings: &Settings) -> anyhow::Result<Arc<dyn Store>> {
+    let s = connect_read_only(settings).await?;
+    let state = s
+        .schema_state()
+        .await
+        .context("reading which migrations the state store has had (store.url)")?;
+    let url = settings.store.url.expose();
+    match state {
+        SchemaState::Current => Ok(Arc::new(s)),
+        SchemaState::Missing => anyhow::bail!(
+            "store.url points at a database without syncback's tables ({}): run `syncback \
+             work` or `syncback run` once to create them",
+            describe(url)
+        ),
+        SchemaState::Behind { applied, latest } => anyhow::bail!(
+            "store.url points at a database with an older syncback schema ({}; migration \
+             {applied} of {latest}): run `syncback work` or `syncback run` once to bring it \
+             up to date",
+            describe(url)
+        ),
+    }
+}
+
+/// Connect read-only without migrating or looking at the schema (`config check` reports
+/// the schema itself): never creates a SQLite file.
+pub async fn connect_read_only(settings: &Settings) -> anyhow::Result<SqlStore> {
     let url = settings.store.url.expose();
     probe_store(url).await?;
     let url = match sqlite_path(url) {
@@ -109,8 +136,27 @@ pub async fn open_read_only(settings: &Settings) -> anyhow::Result<Arc<dyn Store
         }
         None => url.to_string(),
     };
-    let s = store::SqlStore::connect(&url, settings.store.max_connections.min(2))
+    store::SqlStore::connect(&url, settings.store.max_connections.min(2))
         .await
-        .context("opening the state store read-only (store.url)")?;
-    Ok(Arc::new(s))
+        .context("opening the state store read-only (store.url)")
+}
+
+/// `store.url` as it may be shown: the SQLite file, or the PostgreSQL server and database
+/// without user, password or parameters.
+pub fn describe(url: &str) -> String {
+    if let Some(path) = sqlite_path(url) {
+        return format!("SQLite file {}", path.display());
+    }
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{}{port}{}",
+                u.scheme(),
+                u.host_str().unwrap_or_default(),
+                u.path()
+            )
+        }
+        Err(_) => "store.url".into(),
+    }
 }

@@ -15,8 +15,8 @@ use chrono::Utc;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 
 use super::{
-    DeadLetter, Delivery, DeliveryMeta, Depths, DlqFilter, Failure, Message, Queue, QueueError,
-    Subscription,
+    DeadLetter, Delivery, DeliveryMeta, Depths, DlqFilter, DlqProgress, Failure, Message, Queue,
+    QueueError, Subscription,
 };
 
 #[derive(Default)]
@@ -112,8 +112,21 @@ impl Queue for MemoryQueue {
         })
     }
 
-    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        Ok(self.inner.state.lock().unwrap().dead.clone())
+    async fn dlq_list_with_progress(
+        &self,
+        progress: &(dyn Fn(DlqProgress) + Send + Sync),
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        // A snapshot under the lock; the callback runs without it.
+        let snapshot = self.inner.state.lock().unwrap().dead.clone();
+        let total = Some(snapshot.len() as u64);
+        for seen in 1..=snapshot.len() as u64 {
+            progress(DlqProgress {
+                seen,
+                total,
+                removed: 0,
+            });
+        }
+        Ok(snapshot)
     }
 
     async fn dlq_replay(
@@ -138,11 +151,33 @@ impl Queue for MemoryQueue {
         Ok(n)
     }
 
-    async fn dlq_purge(&self, filter: &DlqFilter) -> Result<u64, QueueError> {
-        let mut s = self.inner.state.lock().unwrap();
-        let before = s.dead.len();
-        s.dead.retain(|d| !filter.matches(d));
-        Ok((before - s.dead.len()) as u64)
+    async fn dlq_purge(
+        &self,
+        filter: &DlqFilter,
+        progress: &(dyn Fn(DlqProgress) + Send + Sync),
+    ) -> Result<u64, QueueError> {
+        // One dead letter per lock, the callback outside it (as `dlq_replay`); those
+        // dead-lettered meanwhile are behind the ones counted and are not examined.
+        let total = self.inner.state.lock().unwrap().dead.len() as u64;
+        let (mut at, mut removed) = (0, 0);
+        for seen in 1..=total {
+            {
+                let mut s = self.inner.state.lock().unwrap();
+                let Some(d) = s.dead.get(at) else { break };
+                if filter.matches(d) {
+                    s.dead.remove(at);
+                    removed += 1;
+                } else {
+                    at += 1;
+                }
+            }
+            progress(DlqProgress {
+                seen,
+                total: Some(total),
+                removed,
+            });
+        }
+        Ok(removed)
     }
 }
 
@@ -357,11 +392,74 @@ mod tests {
             (d.message().webhook_id.as_str(), d.meta().attempts),
             ("a", 0)
         );
-        assert_eq!(q.dlq_purge(&DlqFilter::default()).await.unwrap(), 1);
+        assert_eq!(
+            q.dlq_purge(&DlqFilter::default(), &|_| {}).await.unwrap(),
+            1
+        );
         q.set_unavailable(true);
         assert!(matches!(
             q.publish(&msg("z")).await,
             Err(QueueError::Unavailable(_))
         ));
+    }
+
+    /// `dlq list`/`dlq purge` progress (R13): one report per dead letter gone through,
+    /// with the DLQ's depth as the total and the running count removed.
+    #[tokio::test]
+    async fn list_and_purge_report_progress_per_dead_letter() {
+        let q = MemoryQueue::new();
+        let ids = ["a", "b", "c", "d", "e"];
+        for id in ids {
+            q.publish(&msg(id)).await.unwrap();
+        }
+        let mut sub = q.subscribe(10).await.unwrap();
+        for kind in ["x", "y", "x", "y", "x"] {
+            let d = sub.next().await.unwrap().unwrap();
+            d.dead_letter(&failure(kind)).await.unwrap();
+        }
+        let seen = Mutex::new(Vec::new());
+        let record = |p: DlqProgress| seen.lock().unwrap().push(p);
+        let listed = q.dlq_list_with_progress(&record).await.unwrap();
+        assert_eq!(listed.len(), 5);
+        let reports = std::mem::take(&mut *seen.lock().unwrap());
+        let expected: Vec<_> = (1..=5)
+            .map(|n| DlqProgress {
+                seen: n,
+                total: Some(5),
+                removed: 0,
+            })
+            .collect();
+        assert_eq!(reports, expected);
+
+        let x = DlqFilter {
+            reason: Some("x".into()),
+            ..Default::default()
+        };
+        assert_eq!(q.dlq_purge(&x, &record).await.unwrap(), 3);
+        let reports = std::mem::take(&mut *seen.lock().unwrap());
+        let got: Vec<_> = reports.iter().map(|p| (p.seen, p.removed)).collect();
+        assert_eq!(got, [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3)]);
+        assert!(reports.iter().all(|p| p.total == Some(5)));
+        let left: Vec<_> = q
+            .dlq_list()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|d| d.message.webhook_id)
+            .collect();
+        assert_eq!(left, ["b", "d"], "the rest stays, in order");
+
+        assert_eq!(
+            q.dlq_purge(&DlqFilter::default(), &record).await.unwrap(),
+            2
+        );
+        let got: Vec<_> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|p| (p.seen, p.total, p.removed))
+            .collect();
+        assert_eq!(got, [(1, Some(2), 1), (2, Some(2), 2)]);
+        assert!(q.dlq_list().await.unwrap().is_empty());
     }
 }

@@ -108,6 +108,19 @@ impl DlqFilter {
     }
 }
 
+/// How far a DLQ-wide call (`dlq_list`, `dlq_purge`) has got, reported after each dead
+/// letter it went through.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DlqProgress {
+    /// Dead letters gone through so far.
+    pub seen: u64,
+    /// How many the call goes through, where the backend knows it (the DLQ's depth when
+    /// the call started).
+    pub total: Option<u64>,
+    /// Of those seen, how many were removed from the DLQ (purged); 0 for a listing.
+    pub removed: u64,
+}
+
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Depths {
     /// Ready messages in the main queue.
@@ -146,7 +159,14 @@ pub trait Queue: Send + Sync + 'static {
     async fn ping(&self) -> Result<(), QueueError>;
     async fn depths(&self) -> Result<Depths, QueueError>;
     /// Every dead letter, in queue order; never loses or reorders one.
-    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, QueueError>;
+    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, QueueError> {
+        self.dlq_list_with_progress(&|_| {}).await
+    }
+    /// [`Queue::dlq_list`], calling `progress` after each dead letter read.
+    async fn dlq_list_with_progress(
+        &self,
+        progress: &(dyn Fn(DlqProgress) + Send + Sync),
+    ) -> Result<Vec<DeadLetter>, QueueError>;
     /// Republish matching dead letters to the work queue (confirmed) with attempts reset,
     /// then remove them from the DLQ. `progress` is called after each one. Returns the count.
     async fn dlq_replay(
@@ -154,8 +174,13 @@ pub trait Queue: Send + Sync + 'static {
         filter: &DlqFilter,
         progress: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<u64, QueueError>;
-    /// Remove matching dead letters. Returns the count.
-    async fn dlq_purge(&self, filter: &DlqFilter) -> Result<u64, QueueError>;
+    /// Remove matching dead letters. `progress` is called after each dead letter examined
+    /// (or once, when the whole DLQ is emptied in one step). Returns the count removed.
+    async fn dlq_purge(
+        &self,
+        filter: &DlqFilter,
+        progress: &(dyn Fn(DlqProgress) + Send + Sync),
+    ) -> Result<u64, QueueError>;
     /// Close connections cleanly (end of a command, shutdown).
     async fn close(&self) {}
 }

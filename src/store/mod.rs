@@ -20,7 +20,7 @@ pub mod console;
 pub mod sql;
 
 pub use console::{AuditEntry, ConsoleStore, MappingVersion, OutcomeCount, WorkerSeen};
-pub use sql::{open, SqlStore};
+pub use sql::{open, SchemaState, SqlStore};
 
 /// One recorded event outcome (history for `syncback learner status`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -18,6 +18,9 @@ use super::{
 use crate::model::EntityKind;
 
 mod console;
+mod schema;
+
+pub use schema::SchemaState;
 
 /// Migrations compiled into the binary: (version, description, SQL) per backend.
 const PG_MIGRATIONS: &[(i64, &str, &str)] = &[
@@ -201,6 +204,12 @@ impl SqlStore {
             .map_err(|e| StoreError::Other(format!("store.url: {e}")))?
             .log_statements(tracing::log::LevelFilter::Trace)
             .log_slow_statements(tracing::log::LevelFilter::Warn, Duration::from_secs(1));
+        // `?mode=ro` (commands that only read): the journal mode is left as the file has
+        // it — changing it is a write, refused on a file no `work` has put in WAL mode.
+        let read_only = backend == Backend::Sqlite
+            && url
+                .split_once('?')
+                .is_some_and(|(_, q)| q.split('&').any(|p| p == "mode=ro"));
         let pool = AnyPoolOptions::new()
             .max_connections(max_connections.max(1))
             .acquire_timeout(Duration::from_secs(10))
@@ -212,9 +221,11 @@ impl SqlStore {
                         sqlx::query("PRAGMA busy_timeout = 10000")
                             .execute(&mut *conn)
                             .await?;
-                        sqlx::query("PRAGMA journal_mode = WAL")
-                            .execute(&mut *conn)
-                            .await?;
+                        if !read_only {
+                            sqlx::query("PRAGMA journal_mode = WAL")
+                                .execute(&mut *conn)
+                                .await?;
+                        }
                         sqlx::query("PRAGMA synchronous = NORMAL")
                             .execute(&mut *conn)
                             .await?;

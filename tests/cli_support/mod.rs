@@ -97,6 +97,25 @@ pub async fn syncback(args: Vec<String>) -> (i32, String) {
     .unwrap()
 }
 
+/// [`syncback`] with stdout and stderr apart: (exit code, stdout, stderr).
+pub async fn syncback_split(args: Vec<String>) -> (i32, String, String) {
+    tokio::task::spawn_blocking(move || {
+        let out = Command::new(env!("CARGO_BIN_EXE_syncback"))
+            .args(&args)
+            .env("RUST_LOG", "error")
+            .env_remove("SYNCBACK_CONFIG")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    })
+    .await
+    .unwrap()
+}
+
 pub fn args(cfg: &std::path::Path, rest: &[&str]) -> Vec<String> {
     let mut v = vec!["--config".to_string(), cfg.display().to_string()];
     v.extend(rest.iter().map(|s| s.to_string()));

@@ -24,7 +24,7 @@ use lapin::types::FieldTable;
 use tokio::sync::Mutex;
 use tracing::warn;
 
-use super::{DeadLetter, Depths, DlqFilter, Message, Queue, QueueError, Subscription};
+use super::{DeadLetter, Depths, DlqFilter, DlqProgress, Message, Queue, QueueError, Subscription};
 use crate::config::QueueSettings;
 
 mod codec;
@@ -247,8 +247,11 @@ impl Queue for RabbitQueue {
         })
     }
 
-    async fn dlq_list(&self) -> Result<Vec<DeadLetter>, QueueError> {
-        self.list_dead().await
+    async fn dlq_list_with_progress(
+        &self,
+        progress: &(dyn Fn(DlqProgress) + Send + Sync),
+    ) -> Result<Vec<DeadLetter>, QueueError> {
+        self.list_dead(progress).await
     }
 
     async fn dlq_replay(
@@ -267,7 +270,11 @@ impl Queue for RabbitQueue {
         }
     }
 
-    async fn dlq_purge(&self, filter: &DlqFilter) -> Result<u64, QueueError> {
-        self.purge_dead(filter).await
+    async fn dlq_purge(
+        &self,
+        filter: &DlqFilter,
+        progress: &(dyn Fn(DlqProgress) + Send + Sync),
+    ) -> Result<u64, QueueError> {
+        self.purge_dead(filter, progress).await
     }
 }
