@@ -11,8 +11,9 @@
 //!                                          `dlq list` can browse without reordering
 //! ```
 //!
-//! Messages are persistent, published with `mandatory` and a publisher confirm. The body
-//! is the envelope JSON exactly as received; the webhook id is the AMQP `message_id`,
+//! The receiver publishes straight to `P.events` (default exchange); retries and replays
+//! come back through `P.work`. Messages are persistent, published with `mandatory` and a
+//! publisher confirm. The body is the envelope JSON exactly as received; the webhook id is the AMQP `message_id`,
 //! the receipt time the `timestamp` (+ `x-syncback-received-at` in RFC 3339), and the
 //! retry/DLQ bookkeeping travels in `x-syncback-*` headers.
 
