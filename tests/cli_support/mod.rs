@@ -77,24 +77,11 @@ source_department_id = "{dept}"
     }
 }
 
-/// Run the binary off the test runtime's threads (the sandboxes must keep answering).
+/// Run the binary off the test runtime's threads (the sandboxes must keep answering):
+/// (exit code, stdout followed by stderr).
 pub async fn syncback(args: Vec<String>) -> (i32, String) {
-    tokio::task::spawn_blocking(move || {
-        let out = Command::new(env!("CARGO_BIN_EXE_syncback"))
-            .args(&args)
-            .env("RUST_LOG", "error")
-            .env_remove("SYNCBACK_CONFIG")
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.code().unwrap_or(-1), text)
-    })
-    .await
-    .unwrap()
+    let (code, out, err) = syncback_split(args).await;
+    (code, format!("{out}{err}"))
 }
 
 /// [`syncback`] with stdout and stderr apart: (exit code, stdout, stderr).
