@@ -13,6 +13,7 @@
 mod api;
 mod faults;
 mod http;
+mod index;
 mod schema;
 mod soql;
 mod state;

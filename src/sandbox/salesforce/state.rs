@@ -1,11 +1,12 @@
 //! The state of the sandbox org and the record operations on it, validated as Salesforce does.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use chrono::Utc;
 use serde_json::{json, Value};
 
 use super::faults::Fault;
+use super::index::ExternalIndex;
 use super::schema::{
     canonical_id, err, id_suffix, object, FieldDef, Kind, ObjectDef, OBJECTS, SYSTEM,
 };
@@ -18,9 +19,9 @@ pub(super) struct OrgState {
     /// Records by sObject, then by Id. Change them only through `put_record`,
     /// `remove_record` and `restore_records`, which keep `external` in step.
     pub(super) records: BTreeMap<&'static str, BTreeMap<String, Record>>,
-    /// (sObject, external-id field) → value → Ids: Salesforce indexes external-id fields,
-    /// so upserts and uniqueness checks must not scan every record here either.
-    pub(super) external: HashMap<(&'static str, &'static str), HashMap<String, BTreeSet<String>>>,
+    /// Salesforce indexes external-id fields: upserts and uniqueness checks look here
+    /// instead of scanning every record (see `index.rs`).
+    pub(super) external: ExternalIndex,
     pub(super) seq: u64,
     pub(super) tokens: HashSet<String>,
     /// Injected faults and latency (see `faults.rs`).
@@ -85,79 +86,6 @@ impl OrgState {
         tail.reverse();
         let id15 = format!("{}5g0{}", o.prefix, String::from_utf8(tail).unwrap());
         format!("{id15}{}", id_suffix(&id15))
-    }
-
-    /// Store `rec` under `id` (a new record or a whole replacement), indexed.
-    pub(super) fn put_record(&mut self, o: &ObjectDef, id: String, rec: Record) {
-        let old = self.records.entry(o.name).or_default().remove(&id);
-        if let Some(old) = &old {
-            self.unindex(o, &id, old);
-        }
-        self.index(o, &id, &rec);
-        self.records.entry(o.name).or_default().insert(id, rec);
-    }
-
-    pub(super) fn remove_record(&mut self, o: &ObjectDef, id: &str) -> Option<Record> {
-        let rec = self.records.get_mut(o.name)?.remove(id)?;
-        self.unindex(o, id, &rec);
-        Some(rec)
-    }
-
-    /// Put back a snapshot of every record (an `allOrNone` rollback), re-indexed.
-    pub(super) fn restore_records(
-        &mut self,
-        snapshot: BTreeMap<&'static str, BTreeMap<String, Record>>,
-    ) {
-        self.records = snapshot;
-        self.external.clear();
-        let all: Vec<(&'static str, String)> = self
-            .records
-            .iter()
-            .flat_map(|(o, t)| t.keys().map(move |id| (*o, id.clone())))
-            .collect();
-        for (name, id) in all {
-            let o = object(name).expect("stored objects are known");
-            let rec = self.records[name][&id].clone();
-            self.index(o, &id, &rec);
-        }
-    }
-
-    fn index(&mut self, o: &ObjectDef, id: &str, rec: &Record) {
-        for def in o.fields.iter().filter(|d| d.external_id) {
-            if let Some(v) = rec.get(def.name).and_then(Value::as_str) {
-                self.external
-                    .entry((o.name, def.name))
-                    .or_default()
-                    .entry(v.to_string())
-                    .or_default()
-                    .insert(id.to_string());
-            }
-        }
-    }
-
-    fn unindex(&mut self, o: &ObjectDef, id: &str, rec: &Record) {
-        for def in o.fields.iter().filter(|d| d.external_id) {
-            let Some(v) = rec.get(def.name).and_then(Value::as_str) else {
-                continue;
-            };
-            if let Some(values) = self.external.get_mut(&(o.name, def.name)) {
-                if let Some(ids) = values.get_mut(v) {
-                    ids.remove(id);
-                    if ids.is_empty() {
-                        values.remove(v);
-                    }
-                }
-            }
-        }
-    }
-
-    /// Ids of the records of `o` whose external-id field `def` holds `value`.
-    fn with_external(&self, o: &ObjectDef, def: &FieldDef, value: &str) -> Vec<String> {
-        self.external
-            .get(&(o.name, def.name))
-            .and_then(|values| values.get(value))
-            .map(|ids| ids.iter().cloned().collect())
-            .unwrap_or_default()
     }
 
     pub(super) fn find(&self, o: &ObjectDef, id: &str) -> Option<&Record> {
@@ -258,7 +186,8 @@ impl OrgState {
             if def.external_id && !v.is_null() {
                 let dup = match v.as_str() {
                     Some(text) => self
-                        .with_external(o, def, text)
+                        .external
+                        .ids(o, def, text)
                         .into_iter()
                         .find(|id| Some(id.as_str()) != except),
                     None => self
@@ -376,7 +305,7 @@ impl OrgState {
                 )
             })?;
         let ids = if def.external_id {
-            self.with_external(o, def, value)
+            self.external.ids(o, def, value)
         } else {
             // `Id` itself.
             canonical_id(value)
