@@ -488,3 +488,38 @@ async fn a_flood_of_1000_concurrent_posts_loses_none() {
     );
     syncback::testing::delete_rabbit_topology(&s.queue).await;
 }
+
+/// The receiver publishes straight to `{prefix}.events` with `mandatory`: if that queue
+/// is gone (deleted by hand), the broker returns the message instead of confirming a
+/// message that is nowhere; the receiver declares the topology again and publishes
+/// again — the webhook answered 202 is on the queue.
+#[tokio::test]
+async fn a_deleted_events_queue_is_declared_again_and_nothing_is_lost() {
+    let Some((s, queue)) = rabbit("unroutable").await else {
+        return;
+    };
+    let r = spawn_receiver(&s, queue.clone()).await;
+    assert_eq!(r.post_event(&learner_event("evt_route_1")).await.0, 202);
+    {
+        use lapin::options::QueueDeleteOptions;
+        let conn = lapin::Connection::connect(
+            s.queue.url.expose(),
+            lapin::ConnectionProperties::default(),
+        )
+        .await
+        .unwrap();
+        let ch = conn.create_channel().await.unwrap();
+        ch.queue_delete(
+            &format!("{}.events", s.queue.prefix),
+            QueueDeleteOptions::default(),
+        )
+        .await
+        .unwrap();
+        let _ = conn.close(200, "deleted").await;
+    }
+    let (status, body) = r.post_event(&learner_event("evt_route_2")).await;
+    assert_eq!(status, 202, "{body}");
+    let got = drain(&queue, 1).await;
+    assert_eq!(got[0].webhook_id, "evt_route_2");
+    syncback::testing::delete_rabbit_topology(&s.queue).await;
+}

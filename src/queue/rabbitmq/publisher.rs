@@ -76,7 +76,9 @@ async fn try_publish(
 }
 
 /// Attempts per publish: a nack reopens the channel, a dead connection moves to the
-/// next node, and the publish is tried again (a duplicate is harmless, R12; a loss is not).
+/// next node, an unroutable return (the events queue was deleted) reconnects, which
+/// declares the topology again, and the publish is tried again (a duplicate is harmless,
+/// R12; a loss is not).
 const PUBLISH_ATTEMPTS: usize = 3;
 
 impl RabbitQueue {
@@ -91,7 +93,8 @@ impl RabbitQueue {
             // destination as `{prefix}.work` → "event" (which the retry queues dead-letter
             // into), without the exchange hop the broker pays for on every message
             // (measured: ~4 µs of broker CPU per webhook, `cargo bench --bench ingest`).
-            // `mandatory` still turns a missing queue into an unroutable return (503).
+            // `mandatory` turns a missing queue into an unroutable return: the topology is
+            // declared again (on a fresh connection) and the publish retried, else 503.
             match try_publish(
                 &link.publish,
                 "",
@@ -116,7 +119,11 @@ impl RabbitQueue {
                     }
                     last = Some(PublishError::Channel(e));
                 }
-                Err(e @ PublishError::Unroutable(_)) => return Err(e.into()),
+                Err(PublishError::Unroutable(m)) => {
+                    warn!("publish unroutable (the events queue is missing); declaring the topology again");
+                    self.discard(&link).await;
+                    last = Some(PublishError::Unroutable(m));
+                }
             }
         }
         Err(last.expect("at least one attempt").into())
