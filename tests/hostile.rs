@@ -380,3 +380,73 @@ async fn connections_that_never_send_a_request_are_cut_at_the_head_deadline() {
         "kept-alive connection closed before idle_timeout_secs"
     );
 }
+
+/// Status and JSON body of the one answer on a connection the server then closes.
+fn answer(raw: &str) -> (u16, Value) {
+    let status = raw.get(9..12).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((raw, ""));
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("content-type: application/json"),
+        "{raw}"
+    );
+    let body: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+    assert!(
+        body["error"].is_string() && body["message"].is_string(),
+        "{raw}"
+    );
+    assert_eq!(body["violations"], json!([]), "{raw}");
+    (status, body)
+}
+
+/// Requests the HTTP parser itself refuses — not HTTP at all, more than 100 or even 1,000
+/// headers, a URI too long — get the same JSON shape as every other error, not hyper's
+/// bodiless answer; so does garbage after a good request on a kept-alive connection.
+#[tokio::test]
+async fn requests_the_parser_refuses_get_the_json_shape_too() {
+    let r = spawn(&settings("")).await;
+    let send = |bytes: Vec<u8>| async move {
+        let mut s = TcpStream::connect(r.addr).await.unwrap();
+        s.write_all(&bytes).await.unwrap();
+        closed_within(&mut s, Duration::from_secs(5))
+            .await
+            .expect("the server closes after refusing")
+    };
+    let (st, b) = answer(&send(b"THIS IS NOT HTTP\r\n\r\n".to_vec()).await);
+    assert_eq!((st, b["error"].as_str()), (400, Some("bad_request")), "{b}");
+
+    for n in [101, 1_500] {
+        let mut head = String::from("GET /healthz HTTP/1.1\r\nhost: x\r\n");
+        for i in 0..n {
+            head.push_str(&format!("x-h{i}: v\r\n"));
+        }
+        head.push_str("\r\n");
+        let (st, b) = answer(&send(head.into_bytes()).await);
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (431, Some("headers_too_large")),
+            "{n}: {b}"
+        );
+    }
+
+    let long = format!("GET /{} HTTP/1.1\r\nhost: x\r\n\r\n", "a".repeat(70_000));
+    let (st, b) = answer(&send(long.into_bytes()).await);
+    assert!(matches!(st, 414 | 431 | 400), "{st}: {b}");
+
+    // A good request, then garbage on the same connection.
+    let mut s = TcpStream::connect(r.addr).await.unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = s.read(&mut first).await.unwrap();
+    assert!(
+        String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&first[..n])
+    );
+    s.write_all(b"\x01\x02 garbage\r\n\r\n").await.unwrap();
+    let raw = closed_within(&mut s, Duration::from_secs(5)).await.unwrap();
+    let (st, b) = answer(&raw);
+    assert_eq!((st, b["error"].as_str()), (400, Some("bad_request")), "{b}");
+}

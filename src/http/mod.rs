@@ -5,7 +5,8 @@
 //! content type (`415`) → body size (`413`, `408` when it is not sent within
 //! `server.body_read_timeout_secs`) → signature (`401`) → JSON (`400`) → schema (`422`) →
 //! publish with publisher confirm (`202`, or `503` if the broker is unavailable).
-//! Nothing is ever answered `2xx` before the broker confirmed the message.
+//! Nothing is ever answered `2xx` before the broker confirmed the message. Requests the
+//! HTTP parser refuses (`400`, `414`, `431`) get the same shape from `server.rs`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -213,6 +214,44 @@ fn header_limits(h: &HeaderMap) -> Option<Response> {
         ));
     }
     None
+}
+
+/// The JSON answer for a request hyper's parser refused (it answered `code` with no
+/// body): a malformed request (`400`), a URI too long (`414`), more than 100 headers or a
+/// head over `server`'s parser buffer (`431`).
+pub(crate) fn parser_rejection(code: u16) -> (StatusCode, String) {
+    let (status, error, message) = match code {
+        414 => (
+            StatusCode::URI_TOO_LONG,
+            "uri_too_long",
+            "the request URI is too long".to_string(),
+        ),
+        431 => (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "headers_too_large",
+            format!(
+                "more than {MAX_HEADERS} headers, or a request head too large to parse; \
+                 at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes of them are accepted"
+            ),
+        ),
+        _ => (
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "the request is not valid HTTP/1.1 (request line or headers malformed)".to_string(),
+        ),
+    };
+    metrics::counter!(telemetry::REJECTED, "reason" => error).increment(1);
+    warn!(status = status.as_u16(), error, %message, "request refused by the HTTP parser");
+    let body = ErrorBody {
+        error,
+        message,
+        violations: Vec::new(),
+    };
+    (
+        status,
+        serde_json::to_string(&body)
+            .unwrap_or_else(|_| format!(r#"{{"error":"{error}","message":"","violations":[]}}"#)),
+    )
 }
 
 /// `/healthz`, `/readyz` (broker, and store when given) and `/metrics`, for processes

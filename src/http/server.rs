@@ -26,9 +26,11 @@ use tracing::{debug, warn};
 
 use crate::config::ServerSettings;
 
-/// Parser limits: above the router's own (100 headers, 64 KiB of header bytes, which
-/// answer a JSON `431`), so only absurd requests get hyper's bare `431`.
-const PARSER_MAX_HEADERS: usize = 1000;
+/// Parser limit on the request head's bytes: above the router's own (64 KiB of header
+/// bytes, a JSON `431` with the count), so that a large head reaches it. The header count
+/// is hyper's default (100: more is refused by the parser itself, whose answer is
+/// rewritten into the JSON shape below) — a larger limit makes hyper allocate arrays of
+/// that many entries for every request it parses.
 const PARSER_MAX_BUF: usize = 1024 * 1024 + 64 * 1024;
 
 /// How long in-flight requests get to finish after shutdown was asked for.
@@ -94,10 +96,63 @@ impl Activity {
     }
 }
 
-/// A socket that tells its [`Activity`] when request bytes arrive.
+/// A socket that tells its [`Activity`] when request bytes arrive, and gives the answers
+/// hyper writes by itself (a request it cannot parse: `400`, `414`, `431`, bodiless) the
+/// one JSON error shape of every other answer.
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
+    /// Our answer in place of hyper's: (bytes, how many are written, the length hyper
+    /// handed over, reported as written once ours is out).
+    rewrite: Option<(Vec<u8>, usize, usize)>,
+}
+
+impl Watched {
+    /// hyper's own error head (no request being served, a bodiless `4xx`) → our JSON one.
+    fn replacement(&self, head: &[u8]) -> Option<Vec<u8>> {
+        if head.len() < 16
+            || !head.starts_with(b"HTTP/1.")
+            || head[9] != b'4'
+            || self.activity.in_flight.load(Ordering::SeqCst) > 0
+        {
+            return None;
+        }
+        let end = head.windows(4).position(|w| w == b"\r\n\r\n")?;
+        let text = std::str::from_utf8(&head[..end]).ok()?;
+        let code: u16 = text.get(9..12)?.parse().ok()?;
+        let bodiless = text
+            .lines()
+            .any(|l| l.eq_ignore_ascii_case("content-length: 0"));
+        if !(400..500).contains(&code) || !bodiless || head.len() != end + 4 {
+            return None;
+        }
+        let (status, body) = super::parser_rejection(code);
+        Some(
+            format!(
+                "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or(""),
+                body.len(),
+                body
+            )
+            .into_bytes(),
+        )
+    }
+
+    /// Write our replacement; `Ready(claimed)` once all of it is out.
+    fn poll_rewrite(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        loop {
+            let (bytes, written, claimed) = self.rewrite.as_mut().expect("rewriting");
+            if *written == bytes.len() {
+                return Poll::Ready(Ok(*claimed));
+            }
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => *written += n,
+                other => return other,
+            }
+        }
+    }
 }
 
 impl AsyncRead for Watched {
@@ -121,7 +176,13 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        if self.rewrite.is_none() {
+            match self.replacement(buf) {
+                Some(ours) => self.rewrite = Some((ours, 0, buf.len())),
+                None => return Pin::new(&mut self.inner).poll_write(cx, buf),
+            }
+        }
+        self.poll_rewrite(cx)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_flush(cx)
@@ -134,7 +195,19 @@ impl AsyncWrite for Watched {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        if self.rewrite.is_none() {
+            // hyper's error head is one buffer; anything else passes through untouched.
+            let mut written = bufs.iter().filter(|b| !b.is_empty());
+            if let (Some(head), None) = (written.next(), written.next()) {
+                if let Some(ours) = self.replacement(head) {
+                    self.rewrite = Some((ours, 0, head.len()));
+                }
+            }
+            if self.rewrite.is_none() {
+                return Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+            }
+        }
+        self.poll_rewrite(cx)
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()
@@ -210,6 +283,7 @@ async fn serve_connection(
     let io = TokioIo::new(Watched {
         inner: stream,
         activity: activity.clone(),
+        rewrite: None,
     });
     let act = activity.clone();
     let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
@@ -233,7 +307,6 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         // The head deadline is ours (below): hyper's would also cut idle keep-alives.
         .header_read_timeout(None)
-        .max_headers(PARSER_MAX_HEADERS)
         .max_buf_size(PARSER_MAX_BUF)
         .serve_connection(io, svc);
     tokio::pin!(conn);
