@@ -49,7 +49,8 @@ pub enum SfError {
     NotFound,
 }
 
-fn fmt_errors(errors: &[ApiError]) -> String {
+/// Salesforce's errors in one line: `CODE: message [field,…]; …`.
+pub fn fmt_errors(errors: &[ApiError]) -> String {
     errors
         .iter()
         .map(|e| {

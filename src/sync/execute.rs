@@ -261,19 +261,8 @@ impl Engine {
         match sl.item {
             Item::Snapshot(snap) => {
                 if !s.enabled {
-                    let a = Early {
-                        code: Code::SyncDisabled,
-                        detail: "Inbound Learner Sync is off (R1)".into(),
-                    };
-                    commits.push(self.record(
-                        sl.item,
-                        OutcomeClass::Skipped,
-                        a.code,
-                        &a.detail,
-                        None,
-                        false,
-                    ));
-                    return Work::Done(Ok(outcome(a.code.class(), a.code, a.detail, sl.item)));
+                    let detail = "Inbound Learner Sync is off (R1)".to_string();
+                    return self.skip(commits, sl.item, Code::SyncDisabled, detail, false);
                 }
                 let active = snap.learner.status == LearnerStatus::Active;
                 let mut lw = LearnerWork::new(snap.learner.clone(), active, state);
@@ -299,15 +288,7 @@ impl Engine {
                     }
                 };
                 if let Some(a) = early {
-                    commits.push(self.record(
-                        sl.item,
-                        OutcomeClass::Skipped,
-                        a.code,
-                        &a.detail,
-                        None,
-                        true,
-                    ));
-                    return Work::Done(Ok(outcome(a.code.class(), a.code, a.detail, sl.item)));
+                    return self.skip(commits, sl.item, a.code, a.detail, true);
                 }
                 if kind == EntityKind::Learner {
                     let learner = env
@@ -343,20 +324,7 @@ impl Engine {
                     }
                     Ok(None) => {
                         let detail = format!("learner {lid} does not exist in SkillSync");
-                        commits.push(self.record(
-                            sl.item,
-                            OutcomeClass::Skipped,
-                            Code::LearnerUnknown,
-                            &detail,
-                            None,
-                            true,
-                        ));
-                        Work::Done(Ok(outcome(
-                            OutcomeClass::Skipped,
-                            Code::LearnerUnknown,
-                            detail,
-                            sl.item,
-                        )))
+                        self.skip(commits, sl.item, Code::LearnerUnknown, detail, true)
                     }
                     Err(e) => match StepError::from(e) {
                         StepError::Transient(e) => Work::Done(Err(e)),
@@ -387,6 +355,26 @@ impl Engine {
     }
 
     /// The outcome record of an item.
+    /// `item` skipped with `code` (no learner state written): its record, and its outcome.
+    fn skip(
+        &self,
+        commits: &mut Vec<Commit>,
+        item: &Item,
+        code: Code,
+        detail: String,
+        mark_processed: bool,
+    ) -> Work {
+        commits.push(self.record(
+            item,
+            OutcomeClass::Skipped,
+            code,
+            &detail,
+            None,
+            mark_processed,
+        ));
+        Work::Done(Ok(outcome(OutcomeClass::Skipped, code, detail, item)))
+    }
+
     fn record(
         &self,
         item: &Item,

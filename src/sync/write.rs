@@ -50,16 +50,7 @@ impl RecordError {
 pub(super) fn rejected(errs: &[ApiError]) -> Permanent {
     Permanent::new(
         Code::SalesforceRejected,
-        errs.iter()
-            .map(|e| {
-                if e.fields.is_empty() {
-                    format!("{}: {}", e.error_code, e.message)
-                } else {
-                    format!("{}: {} [{}]", e.error_code, e.message, e.fields.join(","))
-                }
-            })
-            .collect::<Vec<_>>()
-            .join("; "),
+        crate::salesforce::fmt_errors(errs),
     )
 }
 
