@@ -118,6 +118,19 @@ async fn rig(n: usize) -> (Rig, Vec<Learner>) {
     )
 }
 
+/// The engine over `r`'s clients and store, leases of 300 s renewed every `renew`.
+fn build_engine(r: &Rig, renew: Duration) -> Engine {
+    Engine::new(
+        syncback::sync::SettingsHandle::fixed(settings()),
+        Arc::new(r.sf.clone()),
+        r.ss.clone(),
+        r.scope.clone(),
+        r.store.clone(),
+        Duration::from_secs(300),
+        renew,
+    )
+}
+
 fn settings() -> SyncSettings {
     SyncSettings {
         enabled: true,
@@ -149,15 +162,7 @@ fn main() {
 
         // 1. Baseline: one learner at a time through the per-event engine.
         let (r, learners) = rig(n).await;
-        let engine = Engine::new(
-            syncback::sync::SettingsHandle::fixed(settings()),
-            Arc::new(r.sf.clone()),
-            r.ss.clone(),
-            r.scope.clone(),
-            r.store.clone(),
-            Duration::from_secs(300),
-            Duration::from_secs(30),
-        );
+        let engine = build_engine(&r, Duration::from_secs(30));
         let before = r.sf.total_calls();
         let started = Instant::now();
         let now = Utc::now();
@@ -173,15 +178,7 @@ fn main() {
         let (r, _) = rig(n).await;
         let counter = r.sf.clone();
         let calls = move || counter.total_calls();
-        let engine = Engine::new(
-            syncback::sync::SettingsHandle::fixed(settings()),
-            Arc::new(r.sf.clone()),
-            r.ss.clone(),
-            r.scope.clone(),
-            r.store.clone(),
-            Duration::from_secs(300),
-            Duration::from_secs(60),
-        );
+        let engine = build_engine(&r, Duration::from_secs(60));
         let summary = Backfill {
             engine: &engine,
             ss: r.ss.as_ref(),

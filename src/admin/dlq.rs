@@ -126,14 +126,7 @@ pub async fn show(
     Path(id): Path<String>,
 ) -> Response {
     let i = c.inner();
-    let found = i
-        .queue
-        .dlq_list()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|d| d.message.webhook_id == id);
-    let Some(d) = found else {
+    let Some(d) = i.queue.dlq_find(&id).await.ok().flatten() else {
         return i.views.error(
             StatusCode::NOT_FOUND,
             "No such dead letter",

@@ -280,14 +280,7 @@ async fn resolve_page(
     error: Option<String>,
 ) -> Response {
     let i = c.inner();
-    let Some(d) = i
-        .queue
-        .dlq_list()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|d| d.message.webhook_id == event_id)
-    else {
+    let Some(d) = i.queue.dlq_find(event_id).await.ok().flatten() else {
         return i.views.error(
             StatusCode::NOT_FOUND,
             "No such dead letter",
@@ -372,14 +365,7 @@ pub async fn resolve_link(
     if f.contact_id.trim().is_empty() {
         return resolve_page(&c, &who, &event_id, Some("Choose a Contact first.".into())).await;
     }
-    let Some(d) = i
-        .queue
-        .dlq_list()
-        .await
-        .unwrap_or_default()
-        .into_iter()
-        .find(|d| d.message.webhook_id == event_id)
-    else {
+    let Some(d) = i.queue.dlq_find(&event_id).await.ok().flatten() else {
         return i.views.error(
             StatusCode::NOT_FOUND,
             "No such dead letter",

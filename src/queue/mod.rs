@@ -162,6 +162,14 @@ pub trait Queue: Send + Sync + 'static {
     async fn dlq_list(&self) -> Result<Vec<DeadLetter>, QueueError> {
         self.dlq_list_with_progress(&|_| {}).await
     }
+    /// The dead letter of event `id`, if it is in the DLQ (browsing, nothing moves).
+    async fn dlq_find(&self, id: &str) -> Result<Option<DeadLetter>, QueueError> {
+        Ok(self
+            .dlq_list()
+            .await?
+            .into_iter()
+            .find(|d| d.message.webhook_id == id))
+    }
     /// [`Queue::dlq_list`], calling `progress` after each dead letter read.
     async fn dlq_list_with_progress(
         &self,
