@@ -28,9 +28,9 @@ use crate::config::ServerSettings;
 
 /// Parser limit on the request head's bytes: above the router's own (64 KiB of header
 /// bytes, a JSON `431` with the count), so that a large head reaches it. The header count
-/// is hyper's default (100: more is refused by the parser itself, whose answer is
-/// rewritten into the JSON shape below) — a larger limit makes hyper allocate arrays of
-/// that many entries for every request it parses.
+/// (`MAX_HEADERS`, 100) is enforced by the parser itself, whose answer is rewritten into
+/// the JSON shape below — a limit above hyper's inline 100 would make it allocate arrays
+/// of that many entries for every request it parses.
 const PARSER_MAX_BUF: usize = 1024 * 1024 + 64 * 1024;
 
 /// How long in-flight requests get to finish after shutdown was asked for.
@@ -307,6 +307,7 @@ async fn serve_connection(
         .timer(TokioTimer::new())
         // The head deadline is ours (below): hyper's would also cut idle keep-alives.
         .header_read_timeout(None)
+        .max_headers(super::MAX_HEADERS)
         .max_buf_size(PARSER_MAX_BUF)
         .serve_connection(io, svc);
     tokio::pin!(conn);
